@@ -1,0 +1,44 @@
+# paycell: the two commands that matter on a fresh machine are `make demo` and `make test`.
+# Both create (or reuse) .venv, install paycell with its development tools, and make sure a
+# PostgreSQL server binary (pg_ctl) is available for the tests that start their own server.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DB ?= demo.paycell.db
+
+.PHONY: venv postgres demo test test-slow lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# PostgreSQL is a real server in the tests; install Debian's package when no pg_ctl is found.
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+demo: venv
+	$(BIN)/paycell demo --database $(DEMO_DB)
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv postgres lint
+	$(BIN)/python -m pytest -n 2 -m "not slow" tests
+
+test-slow: venv postgres
+	$(BIN)/python -m pytest -m slow tests
+
+bench: venv postgres
+	$(BIN)/paycell bench ledger
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,621 @@
+"""The embedded SQLite backend: the default book of record, one file per ledger database.
+
+Durability: WAL journal with synchronous=FULL, so a commit that returned survives power loss.
+Concurrency: every write runs under `BEGIN IMMEDIATE`, SQLite's single writer lock, taken
+before the prefetch; other processes wait for it (busy timeout) instead of failing, and readers
+are never blocked (WAL).
+
+Encoding of unsigned 128-bit values: SQLite integers are signed 64-bit, so a value below 2**63
+is stored as an INTEGER and a larger one as a 16-byte big-endian BLOB. SQLite orders every
+INTEGER before every BLOB and BLOBs by memcmp, so this encoding keeps numeric order, while the
+common case (ids and amounts that fit) stays a compact, fast integer.
+"""
+
+import sqlite3
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
+from paycell.core.journal import GENESIS_HASH, Expiry, Failure, JournalEntry
+from paycell.core.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    PendingStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+)
+
+SCHEMA_VERSION: Final = 1
+_INT64_LIMIT: Final = 1 << 63
+# How long a writer waits for another process's write lock before giving up.
+BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
+# Chunk size for `IN (...)` lists; SQLite here allows far more variables, this bounds one query.
+_IN_CHUNK: Final = 16_384
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    schema_version INTEGER NOT NULL,
+    last_timestamp INTEGER NOT NULL,
+    batch_number INTEGER NOT NULL,
+    last_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id BLOB PRIMARY KEY,
+    debits_pending BLOB NOT NULL,
+    debits_posted BLOB NOT NULL,
+    credits_pending BLOB NOT NULL,
+    credits_posted BLOB NOT NULL,
+    user_data_128 BLOB NOT NULL,
+    user_data_64 BLOB NOT NULL,
+    user_data_32 INTEGER NOT NULL,
+    reserved INTEGER NOT NULL,
+    ledger INTEGER NOT NULL,
+    code INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    created_flags INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS accounts_by_user_data_128 ON accounts (user_data_128, timestamp);
+CREATE INDEX IF NOT EXISTS accounts_by_ledger_code ON accounts (ledger, code, timestamp);
+CREATE TABLE IF NOT EXISTS transfers (
+    timestamp INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    debit_account_id BLOB NOT NULL,
+    credit_account_id BLOB NOT NULL,
+    amount BLOB NOT NULL,
+    pending_id BLOB NOT NULL,
+    user_data_128 BLOB NOT NULL,
+    user_data_64 BLOB NOT NULL,
+    user_data_32 INTEGER NOT NULL,
+    timeout INTEGER NOT NULL,
+    ledger INTEGER NOT NULL,
+    code INTEGER NOT NULL,
+    flags INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_by_debit_account
+    ON transfers (debit_account_id, timestamp);
+CREATE INDEX IF NOT EXISTS transfers_by_credit_account
+    ON transfers (credit_account_id, timestamp);
+CREATE TABLE IF NOT EXISTS pending_transfers (
+    id BLOB PRIMARY KEY,
+    status INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_transfers_due
+    ON pending_transfers (expires_at) WHERE status = 1 AND expires_at > 0;
+CREATE TABLE IF NOT EXISTS expiries (
+    timestamp INTEGER PRIMARY KEY,
+    pending_id BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failed_transfers (
+    id BLOB PRIMARY KEY,
+    result TEXT NOT NULL,
+    timestamp INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS failed_transfers_by_timestamp ON failed_transfers (timestamp);
+CREATE TABLE IF NOT EXISTS account_history (
+    account_id BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    debits_pending BLOB NOT NULL,
+    debits_posted BLOB NOT NULL,
+    credits_pending BLOB NOT NULL,
+    credits_posted BLOB NOT NULL,
+    PRIMARY KEY (account_id, timestamp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    batch_number INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    timestamp_first INTEGER NOT NULL,
+    timestamp_last INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    previous_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_update BEFORE UPDATE ON transfers
+BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_delete BEFORE DELETE ON transfers
+BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS journal_is_append_only_update BEFORE UPDATE ON journal
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS journal_is_append_only_delete BEFORE DELETE ON journal
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+"""
+
+_ACCOUNT_COLUMNS: Final = (
+    "id, debits_pending, debits_posted, credits_pending, credits_posted, user_data_128, "
+    "user_data_64, user_data_32, reserved, ledger, code, flags, timestamp"
+)
+_TRANSFER_COLUMNS: Final = (
+    "id, debit_account_id, credit_account_id, amount, pending_id, user_data_128, "
+    "user_data_64, user_data_32, timeout, ledger, code, flags, timestamp"
+)
+
+
+def encode(value: int) -> int | bytes:
+    """An unsigned 128-bit integer as stored: INTEGER when it fits, else a 16-byte BLOB."""
+    return value if value < _INT64_LIMIT else value.to_bytes(16, "big")
+
+
+def decode(value: int | bytes) -> int:
+    return value if type(value) is int else int.from_bytes(value, "big")  # type: ignore[arg-type]
+
+
+def _account_from_row(row: Sequence[Any]) -> Account:
+    return Account(
+        decode(row[0]),
+        decode(row[1]),
+        decode(row[2]),
+        decode(row[3]),
+        decode(row[4]),
+        decode(row[5]),
+        decode(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+    )
+
+
+def _transfer_from_row(row: Sequence[Any]) -> Transfer:
+    return Transfer(
+        decode(row[0]),
+        decode(row[1]),
+        decode(row[2]),
+        decode(row[3]),
+        decode(row[4]),
+        decode(row[5]),
+        decode(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+    )
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class _SqliteWriteUnit:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def meta(self) -> LedgerMeta:
+        return _read_meta(self._connection)
+
+    def accounts_by_id(self, ids: Collection[int]) -> dict[int, Account]:
+        return _accounts_by_id(self._connection, ids)
+
+    def transfers_by_id(self, ids: Collection[int]) -> dict[int, Transfer]:
+        return _transfers_by_id(self._connection, ids)
+
+    def pending_states(self, ids: Collection[int]) -> dict[int, PendingState]:
+        found: dict[int, PendingState] = {}
+        for chunk in _chunks([encode(i) for i in ids]):
+            for row in self._connection.execute(
+                "SELECT id, status, expires_at FROM pending_transfers "
+                f"WHERE id IN ({_placeholders(len(chunk))})",
+                chunk,
+            ):
+                found[decode(row[0])] = PendingState(row[1], row[2])
+        return found
+
+    def failed_results(self, ids: Collection[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for chunk in _chunks([encode(i) for i in ids]):
+            for row in self._connection.execute(
+                "SELECT id, result FROM failed_transfers "
+                f"WHERE id IN ({_placeholders(len(chunk))})",
+                chunk,
+            ):
+                found[decode(row[0])] = row[1]
+        return found
+
+    def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
+        rows = self._connection.execute(
+            f"SELECT {', '.join('t.' + c for c in _TRANSFER_COLUMNS.split(', '))} "
+            "FROM pending_transfers p JOIN transfers t ON t.id = p.id "
+            "WHERE p.status = 1 AND p.expires_at > 0 AND p.expires_at <= ? "
+            "ORDER BY p.expires_at, t.timestamp LIMIT ?",
+            (timestamp, limit),
+        ).fetchall()
+        return [_transfer_from_row(row) for row in rows]
+
+    def save(self, batch: CommittedBatch) -> None:
+        connection = self._connection
+        if batch.accounts_created:
+            connection.executemany(
+                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}, created_flags) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        encode(a.id),
+                        encode(a.debits_pending),
+                        encode(a.debits_posted),
+                        encode(a.credits_pending),
+                        encode(a.credits_posted),
+                        encode(a.user_data_128),
+                        encode(a.user_data_64),
+                        a.user_data_32,
+                        a.reserved,
+                        a.ledger,
+                        a.code,
+                        a.flags,
+                        a.timestamp,
+                        a.flags,
+                    )
+                    for a in batch.accounts_created
+                ],
+            )
+        if batch.transfers_created:
+            connection.executemany(
+                f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        encode(t.id),
+                        encode(t.debit_account_id),
+                        encode(t.credit_account_id),
+                        encode(t.amount),
+                        encode(t.pending_id),
+                        encode(t.user_data_128),
+                        encode(t.user_data_64),
+                        t.user_data_32,
+                        t.timeout,
+                        t.ledger,
+                        t.code,
+                        t.flags,
+                        t.timestamp,
+                    )
+                    for t in batch.transfers_created
+                ],
+            )
+        if batch.accounts_updated:
+            connection.executemany(
+                "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
+                "credits_posted = ?, flags = ? WHERE id = ?",
+                [
+                    (
+                        encode(a.debits_pending),
+                        encode(a.debits_posted),
+                        encode(a.credits_pending),
+                        encode(a.credits_posted),
+                        a.flags,
+                        encode(a.id),
+                    )
+                    for a in batch.accounts_updated.values()
+                ],
+            )
+        if batch.pending_created:
+            connection.executemany(
+                "INSERT INTO pending_transfers (id, status, expires_at) VALUES (?,?,?)",
+                [
+                    (encode(pending_id), state.status, state.expires_at)
+                    for pending_id, state in batch.pending_created.items()
+                ],
+            )
+        if batch.pending_resolved:
+            connection.executemany(
+                "UPDATE pending_transfers SET status = ? WHERE id = ?",
+                [
+                    (status, encode(pending_id))
+                    for pending_id, status in batch.pending_resolved.items()
+                ],
+            )
+        if batch.history:
+            connection.executemany(
+                "INSERT INTO account_history (account_id, timestamp, debits_pending, "
+                "debits_posted, credits_pending, credits_posted) VALUES (?,?,?,?,?,?)",
+                [
+                    (
+                        encode(row.account_id),
+                        row.balance.timestamp,
+                        encode(row.balance.debits_pending),
+                        encode(row.balance.debits_posted),
+                        encode(row.balance.credits_pending),
+                        encode(row.balance.credits_posted),
+                    )
+                    for row in batch.history
+                ],
+            )
+        if batch.expiries:
+            connection.executemany(
+                "INSERT INTO expiries (timestamp, pending_id) VALUES (?,?)",
+                [(e.timestamp, encode(e.pending_id)) for e in batch.expiries],
+            )
+        if batch.failures:
+            connection.executemany(
+                "INSERT INTO failed_transfers (id, result, timestamp) VALUES (?,?,?)",
+                [(encode(f.id), f.result, f.timestamp) for f in batch.failures],
+            )
+        entry = batch.journal
+        connection.execute(
+            "INSERT INTO journal (batch_number, kind, timestamp_first, timestamp_last, "
+            "event_count, previous_hash, hash) VALUES (?,?,?,?,?,?,?)",
+            (
+                entry.batch_number,
+                entry.kind,
+                entry.timestamp_first,
+                entry.timestamp_last,
+                entry.event_count,
+                entry.previous_hash,
+                entry.hash,
+            ),
+        )
+        connection.execute(
+            "UPDATE ledger_meta SET last_timestamp = ?, batch_number = ?, last_hash = ?",
+            (entry.timestamp_last, entry.batch_number, entry.hash),
+        )
+
+
+def _read_meta(connection: sqlite3.Connection) -> LedgerMeta:
+    row = connection.execute(
+        "SELECT last_timestamp, batch_number, last_hash FROM ledger_meta"
+    ).fetchone()
+    return LedgerMeta(row[0], row[1], bytes(row[2]))
+
+
+def _accounts_by_id(connection: sqlite3.Connection, ids: Collection[int]) -> dict[int, Account]:
+    found: dict[int, Account] = {}
+    for chunk in _chunks([encode(i) for i in ids]):
+        for row in connection.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({_placeholders(len(chunk))})",
+            chunk,
+        ):
+            account = _account_from_row(row)
+            found[account.id] = account
+    return found
+
+
+def _transfers_by_id(connection: sqlite3.Connection, ids: Collection[int]) -> dict[int, Transfer]:
+    found: dict[int, Transfer] = {}
+    for chunk in _chunks([encode(i) for i in ids]):
+        for row in connection.execute(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE id IN ({_placeholders(len(chunk))})",
+            chunk,
+        ):
+            transfer = _transfer_from_row(row)
+            found[transfer.id] = transfer
+    return found
+
+
+def _timestamp_bounds(timestamp_min: int, timestamp_max: int) -> tuple[int, int]:
+    return timestamp_min, (timestamp_max if timestamp_max else _INT64_LIMIT - 1)
+
+
+class SqliteStore:
+    """A ledger in one SQLite file. Open one per process; processes may share the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = str(self.path)
+        self._connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=60.0
+        )
+        self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MILLISECONDS}")
+        self._connection.execute("PRAGMA journal_mode = WAL")
+        self._connection.execute("PRAGMA synchronous = FULL")
+        self._connection.execute("PRAGMA cache_size = -65536")
+        self._connection.execute("PRAGMA temp_store = MEMORY")
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(
+                "INSERT OR IGNORE INTO ledger_meta "
+                "(singleton, schema_version, last_timestamp, batch_number, last_hash) "
+                "VALUES (1, ?, 0, 0, ?)",
+                (SCHEMA_VERSION, GENESIS_HASH),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def write(self) -> Iterator[_SqliteWriteUnit]:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteWriteUnit(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def meta(self) -> LedgerMeta:
+        return _read_meta(self._connection)
+
+    def has_due_pending_transfers(self, timestamp: int) -> bool:
+        row = self._connection.execute(
+            "SELECT 1 FROM pending_transfers WHERE status = 1 AND expires_at > 0 "
+            "AND expires_at <= ? LIMIT 1",
+            (timestamp,),
+        ).fetchone()
+        return row is not None
+
+    def lookup_accounts(self, ids: Collection[int]) -> dict[int, Account]:
+        return _accounts_by_id(self._connection, ids)
+
+    def lookup_transfers(self, ids: Collection[int]) -> dict[int, Transfer]:
+        return _transfers_by_id(self._connection, ids)
+
+    def pending_state(self, transfer_id: int) -> PendingState | None:
+        row = self._connection.execute(
+            "SELECT status, expires_at FROM pending_transfers WHERE id = ?",
+            (encode(transfer_id),),
+        ).fetchone()
+        return PendingState(row[0], row[1]) if row else None
+
+    def account_transfers(self, account_filter: AccountFilter, limit: int) -> list[Transfer]:
+        low, high = _timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
+        conditions = ["timestamp >= ?", "timestamp <= ?"]
+        values: list[Any] = [low, high]
+        for column in ("user_data_128", "user_data_64", "user_data_32", "code"):
+            wanted = getattr(account_filter, column)
+            if wanted:
+                conditions.append(f"{column} = ?")
+                values.append(encode(wanted))
+        where = " AND ".join(conditions)
+        order = "DESC" if account_filter.flags & AccountFilterFlags.REVERSED else "ASC"
+        selects: list[str] = []
+        parameters: list[Any] = []
+        account = encode(account_filter.account_id)
+        for side, flag in (
+            ("debit_account_id", AccountFilterFlags.DEBITS),
+            ("credit_account_id", AccountFilterFlags.CREDITS),
+        ):
+            if account_filter.flags & flag:
+                selects.append(
+                    f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE {side} = ? AND {where}"
+                )
+                parameters.extend([account, *values])
+        sql = " UNION ALL ".join(selects) + f" ORDER BY timestamp {order} LIMIT ?"
+        rows = self._connection.execute(sql, [*parameters, limit]).fetchall()
+        return [_transfer_from_row(row) for row in rows]
+
+    def account_balances(self, account_filter: AccountFilter, limit: int) -> list[AccountBalance]:
+        low, high = _timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
+        account = encode(account_filter.account_id)
+        conditions = ["h.account_id = ?", "h.timestamp >= ?", "h.timestamp <= ?"]
+        values: list[Any] = [account, low, high]
+        for column in ("user_data_128", "user_data_64", "user_data_32", "code"):
+            wanted = getattr(account_filter, column)
+            if wanted:
+                conditions.append(f"t.{column} = ?")
+                values.append(encode(wanted))
+        sides = []
+        if account_filter.flags & AccountFilterFlags.DEBITS:
+            sides.append("t.debit_account_id = h.account_id")
+        if account_filter.flags & AccountFilterFlags.CREDITS:
+            sides.append("t.credit_account_id = h.account_id")
+        conditions.append("(" + " OR ".join(sides) + ")")
+        order = "DESC" if account_filter.flags & AccountFilterFlags.REVERSED else "ASC"
+        rows = self._connection.execute(
+            "SELECT h.debits_pending, h.debits_posted, h.credits_pending, h.credits_posted, "
+            "h.timestamp FROM account_history h JOIN transfers t ON t.timestamp = h.timestamp "
+            f"WHERE {' AND '.join(conditions)} ORDER BY h.timestamp {order} LIMIT ?",
+            [*values, limit],
+        ).fetchall()
+        return [
+            AccountBalance(decode(r[0]), decode(r[1]), decode(r[2]), decode(r[3]), r[4])
+            for r in rows
+        ]
+
+    def _query(self, table: str, columns: str, query_filter: QueryFilter, limit: int) -> list[Any]:
+        low, high = _timestamp_bounds(query_filter.timestamp_min, query_filter.timestamp_max)
+        conditions = ["timestamp >= ?", "timestamp <= ?"]
+        values: list[Any] = [low, high]
+        for column in ("user_data_128", "user_data_64", "user_data_32", "ledger", "code"):
+            wanted = getattr(query_filter, column)
+            if wanted:
+                conditions.append(f"{column} = ?")
+                values.append(encode(wanted))
+        order = "DESC" if query_filter.flags & QueryFilterFlags.REVERSED else "ASC"
+        return self._connection.execute(
+            f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY timestamp {order} LIMIT ?",
+            [*values, limit],
+        ).fetchall()
+
+    def query_accounts(self, query_filter: QueryFilter, limit: int) -> list[Account]:
+        rows = self._query("accounts", _ACCOUNT_COLUMNS, query_filter, limit)
+        return [_account_from_row(row) for row in rows]
+
+    def query_transfers(self, query_filter: QueryFilter, limit: int) -> list[Transfer]:
+        rows = self._query("transfers", _TRANSFER_COLUMNS, query_filter, limit)
+        return [_transfer_from_row(row) for row in rows]
+
+    def journal_entries(self) -> Iterator[JournalEntry]:
+        cursor = self._connection.execute(
+            "SELECT batch_number, kind, timestamp_first, timestamp_last, event_count, "
+            "previous_hash, hash FROM journal ORDER BY batch_number"
+        )
+        for row in cursor:
+            yield JournalEntry(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bytes(row[6]))
+
+    def batch_records(
+        self, entry: JournalEntry
+    ) -> tuple[list[Account], list[Transfer], list[Expiry], list[Failure]]:
+        bounds = (entry.timestamp_first, entry.timestamp_last)
+        connection = self._connection
+        accounts = [
+            _account_from_row(row)._replace(
+                debits_pending=0,
+                debits_posted=0,
+                credits_pending=0,
+                credits_posted=0,
+                flags=row[13],
+            )
+            for row in connection.execute(
+                f"SELECT {_ACCOUNT_COLUMNS}, created_flags FROM accounts "
+                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
+                bounds,
+            )
+        ]
+        transfers = [
+            _transfer_from_row(row)
+            for row in connection.execute(
+                f"SELECT {_TRANSFER_COLUMNS} FROM transfers "
+                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
+                bounds,
+            )
+        ]
+        expiries = [
+            Expiry(decode(row[0]), row[1])
+            for row in connection.execute(
+                "SELECT pending_id, timestamp FROM expiries "
+                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
+                bounds,
+            )
+        ]
+        failures = [
+            Failure(decode(row[0]), row[1], row[2])
+            for row in connection.execute(
+                "SELECT id, result, timestamp FROM failed_transfers "
+                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
+                bounds,
+            )
+        ]
+        return accounts, transfers, expiries, failures
+
+    def all_accounts(self) -> Iterator[Account]:
+        for row in self._connection.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY timestamp"
+        ):
+            yield _account_from_row(row)
+
+    def all_transfers(self) -> Iterator[Transfer]:
+        for row in self._connection.execute(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers ORDER BY timestamp"
+        ):
+            yield _transfer_from_row(row)
+
+    def all_pending_states(self) -> Iterator[tuple[int, PendingState]]:
+        for row in self._connection.execute("SELECT id, status, expires_at FROM pending_transfers"):
+            yield decode(row[0]), PendingState(row[1], row[2])
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+assert PendingStatus.PENDING == 1  # The partial index above hard-codes the pending status.

@@ -1,0 +1,145 @@
+"""The boundary check for incoming events: types and widths, before the state machine runs.
+
+The state machine assumes every field is a plain `int` within its unsigned width. This module
+establishes that, naming the first offending field, or raises and nothing is changed. Business
+rules (zero ids, unknown accounts, flag combinations) are *not* checked here: those are
+per-event results in TigerBeetle's precedence, decided by the state machine.
+
+The fast path validates a well-formed batch with one type test and a chain of comparisons per
+event; only a batch that fails it pays for the field-by-field diagnosis.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from paycell.core.errors import BatchEmptyError, BatchTooLargeError, InvalidFieldError
+from paycell.core.limits import (
+    BATCH_EVENTS_MAX,
+    UINT16_MAX,
+    UINT32_MAX,
+    UINT64_MAX,
+    UINT128_MAX,
+)
+from paycell.core.types import Account, Transfer
+
+ACCOUNT_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
+    ("id", UINT128_MAX),
+    ("debits_pending", UINT128_MAX),
+    ("debits_posted", UINT128_MAX),
+    ("credits_pending", UINT128_MAX),
+    ("credits_posted", UINT128_MAX),
+    ("user_data_128", UINT128_MAX),
+    ("user_data_64", UINT64_MAX),
+    ("user_data_32", UINT32_MAX),
+    ("reserved", UINT32_MAX),
+    ("ledger", UINT32_MAX),
+    ("code", UINT16_MAX),
+    ("flags", UINT16_MAX),
+    ("timestamp", UINT64_MAX),
+)
+
+TRANSFER_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
+    ("id", UINT128_MAX),
+    ("debit_account_id", UINT128_MAX),
+    ("credit_account_id", UINT128_MAX),
+    ("amount", UINT128_MAX),
+    ("pending_id", UINT128_MAX),
+    ("user_data_128", UINT128_MAX),
+    ("user_data_64", UINT64_MAX),
+    ("user_data_32", UINT32_MAX),
+    ("timeout", UINT32_MAX),
+    ("ledger", UINT32_MAX),
+    ("code", UINT16_MAX),
+    ("flags", UINT16_MAX),
+    ("timestamp", UINT64_MAX),
+)
+
+assert tuple(name for name, _ in ACCOUNT_FIELD_MAXIMUMS) == Account._fields
+assert tuple(name for name, _ in TRANSFER_FIELD_MAXIMUMS) == Transfer._fields
+
+
+def check_batch_size(count: int) -> None:
+    if count == 0:
+        raise BatchEmptyError("a batch must hold at least one event")
+    if count > BATCH_EVENTS_MAX:
+        raise BatchTooLargeError(
+            f"a batch holds at most {BATCH_EVENTS_MAX} events; this one has {count}"
+        )
+
+
+def _normalize_field(name: str, value: object, maximum: int, index: int) -> int:
+    # bool is an int subclass, and a float or Decimal amount must never be silently truncated.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidFieldError(
+            f"must be an integer, got {type(value).__name__} {value!r}", field=name, index=index
+        )
+    if value < 0:
+        raise InvalidFieldError(f"must not be negative, got {value}", field=name, index=index)
+    if value > maximum:
+        raise InvalidFieldError(
+            f"must fit in {maximum.bit_length()} unsigned bits, got {value}",
+            field=name,
+            index=index,
+        )
+    return int(value)  # An IntFlag or IntEnum becomes a plain int.
+
+
+def _normalize_record(
+    record: object, index: int, fields: tuple[tuple[str, int], ...], kind: str
+) -> tuple[int, ...]:
+    if not isinstance(record, tuple) or len(record) != len(fields):
+        raise InvalidFieldError(
+            f"must be a {kind} with {len(fields)} fields, got {type(record).__name__}",
+            field=kind.lower(),
+            index=index,
+        )
+    return tuple(
+        _normalize_field(name, value, maximum, index)
+        for (name, maximum), value in zip(fields, record, strict=True)
+    )
+
+
+def validate_transfers(events: Iterable[Transfer]) -> list[Transfer]:
+    """Return the batch as plain-int `Transfer`s, or raise naming the first bad field."""
+    batch = list(events)
+    check_batch_size(len(batch))
+    u128, u64, u32, u16 = UINT128_MAX, UINT64_MAX, UINT32_MAX, UINT16_MAX
+    for index, t in enumerate(batch):
+        if (
+            type(t) is Transfer
+            and {type(value) for value in t} == {int}
+            and 0 <= t.id <= u128
+            and 0 <= t.debit_account_id <= u128
+            and 0 <= t.credit_account_id <= u128
+            and 0 <= t.amount <= u128
+            and 0 <= t.pending_id <= u128
+            and 0 <= t.user_data_128 <= u128
+            and 0 <= t.user_data_64 <= u64
+            and 0 <= t.user_data_32 <= u32
+            and 0 <= t.timeout <= u32
+            and 0 <= t.ledger <= u32
+            and 0 <= t.code <= u16
+            and 0 <= t.flags <= u16
+            and 0 <= t.timestamp <= u64
+        ):
+            continue
+        batch[index] = Transfer(*_normalize_record(t, index, TRANSFER_FIELD_MAXIMUMS, "Transfer"))
+    return batch
+
+
+def validate_accounts(events: Iterable[Account]) -> list[Account]:
+    """Return the batch as plain-int `Account`s, or raise naming the first bad field."""
+    batch = list(events)
+    check_batch_size(len(batch))
+    for index, a in enumerate(batch):
+        batch[index] = Account(*_normalize_record(a, index, ACCOUNT_FIELD_MAXIMUMS, "Account"))
+    return batch
+
+
+def validate_ids(ids: Sequence[object], field: str = "id") -> list[int]:
+    """Ids for lookups: plain unsigned 128-bit integers, at most one batch of them."""
+    if len(ids) > BATCH_EVENTS_MAX:
+        raise BatchTooLargeError(
+            f"a lookup takes at most {BATCH_EVENTS_MAX} ids; this one has {len(ids)}"
+        )
+    return [_normalize_field(field, value, UINT128_MAX, index) for index, value in enumerate(ids)]

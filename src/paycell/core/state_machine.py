@@ -1,0 +1,768 @@
+"""The ledger state machine: a pure function from (prefetched state, batch, time) to outcome.
+
+Design, after TigerBeetle's state machine:
+- **Prefetch, then commit.** The service loads every account, transfer and pending state a
+  batch can touch (`Prefetched`), then calls `create_transfers` once. Nothing here reads a
+  database or a clock; the batch's first timestamp is an argument.
+- **Outcomes are values.** Each event gets a `CreateTransferResult`; the whole batch yields a
+  `CommittedBatch` listing every row to write. Broken contracts (a missing prefetch, a balance
+  going negative) are assertions: they are bugs, not outcomes.
+- **Linked chains** are applied tentatively with an undo scope: the first failure rolls the
+  chain's earlier events back and marks them `linked_event_failed`.
+- **Aggregated writes.** Balances live in one working row per account for the whole batch, so a
+  hot account receiving thousands of transfers in a batch is written once.
+
+The rules, their order and the result names follow TigerBeetle 0.16 (docs/ledger.md lists the
+deliberate differences). Amounts and balances are Python ints checked against the unsigned
+128-bit range, so overflow results are reported exactly where TigerBeetle reports them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from paycell.core.batch import CommittedBatch, HistoryRow, LedgerMeta, PendingState
+from paycell.core.journal import Expiry, Failure, JournalEntry, batch_hash
+from paycell.core.limits import NANOSECONDS_PER_SECOND, UINT128_MAX
+from paycell.core.results import (
+    TRANSIENT_TRANSFER_RESULTS,
+    CreateAccountResult,
+    CreateTransferResult,
+)
+from paycell.core.types import (
+    ACCOUNT_FLAGS_KNOWN,
+    Account,
+    AccountBalance,
+    AccountFlags,
+    PendingStatus,
+    Transfer,
+    TransferFlags,
+)
+
+_R = CreateTransferResult
+_A = CreateAccountResult
+
+# Flag bits as plain ints: IntFlag arithmetic costs microseconds on the hot path.
+_LINKED = int(TransferFlags.LINKED)
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING_TRANSFER)
+_VOID = int(TransferFlags.VOID_PENDING_TRANSFER)
+_BALANCING_DEBIT = int(TransferFlags.BALANCING_DEBIT)
+_BALANCING_CREDIT = int(TransferFlags.BALANCING_CREDIT)
+_CLOSING_DEBIT = int(TransferFlags.CLOSING_DEBIT)
+_CLOSING_CREDIT = int(TransferFlags.CLOSING_CREDIT)
+# paycell does not support imported events, so the imported bit is reserved like the padding.
+_TRANSFER_FLAGS_SUPPORTED = (
+    _LINKED
+    | _PENDING
+    | _POST
+    | _VOID
+    | _BALANCING_DEBIT
+    | _BALANCING_CREDIT
+    | _CLOSING_DEBIT
+    | _CLOSING_CREDIT
+)
+_ACCOUNT_FLAGS_SUPPORTED = ACCOUNT_FLAGS_KNOWN & ~int(AccountFlags.IMPORTED)
+_DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+_HISTORY = int(AccountFlags.HISTORY)
+_CLOSED = int(AccountFlags.CLOSED)
+_ACCOUNT_LINKED = int(AccountFlags.LINKED)
+_MAX = UINT128_MAX
+# Expiry timestamps must stay within the signed 64-bit range every backend can store.
+_TIMESTAMP_LIMIT = (1 << 63) - 1
+
+# Indexes into a working balance row: [debits_pending, debits_posted, credits_pending,
+# credits_posted, flags]. A list, not an object, because it is touched once per transfer side.
+_DP, _DPO, _CP, _CPO, _FLAGS = 0, 1, 2, 3, 4
+
+
+@dataclass(slots=True)
+class Prefetched:
+    """Everything a transfer batch may read, loaded by the service before calling the core.
+
+    `accounts` holds every debit and credit account named by the batch and by the pending
+    transfers it references; `transfers` every existing transfer whose id is the id or the
+    pending_id of an event; `pending_states` the state of each of those that is pending;
+    `failed_results` the ids remembered as failed.
+    """
+
+    accounts: dict[int, Account] = field(default_factory=dict)
+    transfers: dict[int, Transfer] = field(default_factory=dict)
+    pending_states: dict[int, PendingState] = field(default_factory=dict)
+    failed_results: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TransferBatchOutcome:
+    results: list[CreateTransferResult]
+    committed: CommittedBatch | None
+
+
+@dataclass(slots=True)
+class AccountBatchOutcome:
+    results: list[CreateAccountResult]
+    committed: CommittedBatch | None
+
+
+def first_timestamp(meta: LedgerMeta, now: int) -> int:
+    """The timestamp of a batch's first event: after everything committed, and not before now.
+
+    Ledger timestamps are strictly increasing even if the wall clock steps back.
+    """
+    return max(meta.last_timestamp + 1, now)
+
+
+def _journal_entry(
+    meta: LedgerMeta,
+    kind: str,
+    timestamp_first: int,
+    timestamp_last: int,
+    accounts: Sequence[Account],
+    transfers: Sequence[Transfer],
+    expiries: Sequence[Expiry],
+    failures: Sequence[Failure],
+) -> JournalEntry:
+    batch_number = meta.batch_number + 1
+    return JournalEntry(
+        batch_number=batch_number,
+        kind=kind,
+        timestamp_first=timestamp_first,
+        timestamp_last=timestamp_last,
+        event_count=len(accounts) + len(transfers) + len(expiries) + len(failures),
+        previous_hash=meta.last_hash,
+        hash=batch_hash(
+            meta.last_hash, batch_number, kind, accounts, transfers, expiries, failures
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------- accounts
+
+
+def create_accounts(
+    events: Sequence[Account],
+    existing: dict[int, Account],
+    meta: LedgerMeta,
+    now: int,
+) -> AccountBatchOutcome:
+    """Apply a batch of account creations. `existing` holds every prefetched account by id."""
+    count = len(events)
+    timestamp_base = first_timestamp(meta, now)
+    results: list[CreateAccountResult] = []
+    created: dict[int, Account] = {}
+    chain_start: int | None = None
+    chain_broken = False
+    chain_created: list[int] = []
+
+    for index, event in enumerate(events):
+        linked = bool(event.flags & _ACCOUNT_LINKED)
+        result: CreateAccountResult | None = None
+        if linked:
+            if chain_start is None:
+                chain_start = index
+                chain_broken = False
+                chain_created = []
+            if index == count - 1:
+                result = _A.LINKED_EVENT_CHAIN_OPEN
+        if result is None and chain_broken:
+            result = _A.LINKED_EVENT_FAILED
+        if result is None and event.timestamp != 0:
+            result = _A.TIMESTAMP_MUST_BE_ZERO
+        if result is None:
+            result = _create_account(event, existing, created, timestamp_base + index)
+            if result is _A.OK and chain_start is not None:
+                chain_created.append(event.id)
+        if result is not _A.OK and chain_start is not None and not chain_broken:
+            chain_broken = True
+            for account_id in chain_created:
+                del created[account_id]
+            for earlier in range(chain_start, index):
+                results[earlier] = _A.LINKED_EVENT_FAILED
+        results.append(result)
+        if chain_start is not None and (not linked or result is _A.LINKED_EVENT_CHAIN_OPEN):
+            chain_start = None
+            chain_broken = False
+
+    accounts = sorted(created.values(), key=lambda account: account.timestamp)
+    if not accounts:
+        return AccountBatchOutcome(results, None)
+    journal = _journal_entry(
+        meta, "accounts", accounts[0].timestamp, accounts[-1].timestamp, accounts, [], [], []
+    )
+    return AccountBatchOutcome(
+        results, CommittedBatch(kind="accounts", journal=journal, accounts_created=accounts)
+    )
+
+
+def _create_account(
+    a: Account, existing: dict[int, Account], created: dict[int, Account], timestamp: int
+) -> CreateAccountResult:
+    if a.reserved != 0:
+        return _A.RESERVED_FIELD
+    if a.flags & ~_ACCOUNT_FLAGS_SUPPORTED:
+        return _A.RESERVED_FLAG
+    if a.id == 0:
+        return _A.ID_MUST_NOT_BE_ZERO
+    if a.id == _MAX:
+        return _A.ID_MUST_NOT_BE_INT_MAX
+    found = created.get(a.id) or existing.get(a.id)
+    if found is not None:
+        return _account_exists(a, found)
+    if a.flags & _DEBITS_MUST_NOT_EXCEED_CREDITS and a.flags & _CREDITS_MUST_NOT_EXCEED_DEBITS:
+        return _A.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if a.debits_pending != 0:
+        return _A.DEBITS_PENDING_MUST_BE_ZERO
+    if a.debits_posted != 0:
+        return _A.DEBITS_POSTED_MUST_BE_ZERO
+    if a.credits_pending != 0:
+        return _A.CREDITS_PENDING_MUST_BE_ZERO
+    if a.credits_posted != 0:
+        return _A.CREDITS_POSTED_MUST_BE_ZERO
+    if a.ledger == 0:
+        return _A.LEDGER_MUST_NOT_BE_ZERO
+    if a.code == 0:
+        return _A.CODE_MUST_NOT_BE_ZERO
+    created[a.id] = a._replace(timestamp=timestamp)
+    return _A.OK
+
+
+def _account_exists(a: Account, e: Account) -> CreateAccountResult:
+    if a.flags != e.flags:
+        return _A.EXISTS_WITH_DIFFERENT_FLAGS
+    if a.user_data_128 != e.user_data_128:
+        return _A.EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if a.user_data_64 != e.user_data_64:
+        return _A.EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if a.user_data_32 != e.user_data_32:
+        return _A.EXISTS_WITH_DIFFERENT_USER_DATA_32
+    if a.ledger != e.ledger:
+        return _A.EXISTS_WITH_DIFFERENT_LEDGER
+    if a.code != e.code:
+        return _A.EXISTS_WITH_DIFFERENT_CODE
+    return _A.EXISTS
+
+
+# -------------------------------------------------------------------------------- transfers
+
+
+class _TransferBatch:
+    """Working state of one transfer batch, with an undo scope for the open linked chain."""
+
+    __slots__ = (
+        "accounts",
+        "balances",
+        "chain_balances",
+        "chain_created_count",
+        "chain_history_count",
+        "chain_pending",
+        "created",
+        "created_by_id",
+        "failed",
+        "history",
+        "in_chain",
+        "pending_created",
+        "pending_resolved",
+        "pending_states",
+        "transfers",
+    )
+
+    def __init__(self, prefetched: Prefetched) -> None:
+        self.accounts = prefetched.accounts
+        self.transfers = prefetched.transfers
+        self.pending_states = prefetched.pending_states
+        self.failed = prefetched.failed_results
+        self.balances: dict[int, list[int]] = {}
+        self.created: list[Transfer] = []
+        self.created_by_id: dict[int, Transfer] = {}
+        self.history: list[HistoryRow] = []
+        self.pending_created: dict[int, PendingState] = {}
+        self.pending_resolved: dict[int, int] = {}
+        self.in_chain = False
+        self.chain_balances: dict[int, list[int]] = {}
+        self.chain_pending: dict[int, tuple[PendingState | None, bool, int | None]] = {}
+        self.chain_created_count = 0
+        self.chain_history_count = 0
+
+    # Chain scope ---------------------------------------------------------------------------
+
+    def open_chain(self) -> None:
+        self.in_chain = True
+        self.chain_balances = {}
+        self.chain_pending = {}
+        self.chain_created_count = len(self.created)
+        self.chain_history_count = len(self.history)
+
+    def close_chain(self) -> None:
+        self.in_chain = False
+        self.chain_balances = {}
+        self.chain_pending = {}
+
+    def roll_back_chain(self) -> None:
+        for account_id, saved in self.chain_balances.items():
+            self.balances[account_id] = saved
+        for transfer in self.created[self.chain_created_count :]:
+            del self.created_by_id[transfer.id]
+        del self.created[self.chain_created_count :]
+        del self.history[self.chain_history_count :]
+        for pending_id, (state, was_created, resolved) in self.chain_pending.items():
+            if state is None:
+                self.pending_states.pop(pending_id, None)
+            else:
+                self.pending_states[pending_id] = state
+            if was_created and state is not None:
+                self.pending_created[pending_id] = state
+            else:
+                self.pending_created.pop(pending_id, None)
+            if resolved is None:
+                self.pending_resolved.pop(pending_id, None)
+            else:
+                self.pending_resolved[pending_id] = resolved
+        self.close_chain()
+
+    # State access ----------------------------------------------------------------------------
+
+    def balance(self, account_id: int) -> list[int]:
+        """The working balance row of an account, saved for rollback on first touch in a chain."""
+        row = self.balances.get(account_id)
+        if row is None:
+            a = self.accounts[account_id]
+            row = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.flags]
+            self.balances[account_id] = row
+        if self.in_chain and account_id not in self.chain_balances:
+            self.chain_balances[account_id] = row.copy()
+        return row
+
+    def transfer(self, transfer_id: int) -> Transfer | None:
+        found = self.created_by_id.get(transfer_id)
+        return found if found is not None else self.transfers.get(transfer_id)
+
+    def set_pending_state(self, pending_id: int, state: PendingState, *, created: bool) -> None:
+        if self.in_chain and pending_id not in self.chain_pending:
+            self.chain_pending[pending_id] = (
+                self.pending_states.get(pending_id),
+                pending_id in self.pending_created,
+                self.pending_resolved.get(pending_id),
+            )
+        self.pending_states[pending_id] = state
+        if created:
+            self.pending_created[pending_id] = state
+        else:
+            self.pending_resolved[pending_id] = state.status
+            if pending_id in self.pending_created:
+                # Created and resolved in the same batch: insert it with its final status.
+                self.pending_created[pending_id] = state
+
+    def record(self, transfer: Transfer, dr: list[int], cr: list[int]) -> None:
+        self.created.append(transfer)
+        self.created_by_id[transfer.id] = transfer
+        timestamp = transfer.timestamp
+        if dr[_FLAGS] & _HISTORY:
+            self.history.append(
+                HistoryRow(
+                    transfer.debit_account_id,
+                    AccountBalance(dr[_DP], dr[_DPO], dr[_CP], dr[_CPO], timestamp),
+                )
+            )
+        if cr[_FLAGS] & _HISTORY:
+            self.history.append(
+                HistoryRow(
+                    transfer.credit_account_id,
+                    AccountBalance(cr[_DP], cr[_DPO], cr[_CP], cr[_CPO], timestamp),
+                )
+            )
+
+    def updated_accounts(self) -> dict[int, Account]:
+        updated: dict[int, Account] = {}
+        for account_id, row in self.balances.items():
+            before = self.accounts[account_id]
+            after = before._replace(
+                debits_pending=row[_DP],
+                debits_posted=row[_DPO],
+                credits_pending=row[_CP],
+                credits_posted=row[_CPO],
+                flags=row[_FLAGS],
+            )
+            if after != before:
+                assert 0 <= row[_DP] <= _MAX, "debits pending out of range"
+                assert 0 <= row[_CP] <= _MAX, "credits pending out of range"
+                updated[account_id] = after
+        return updated
+
+
+def create_transfers(
+    events: Sequence[Transfer],
+    prefetched: Prefetched,
+    meta: LedgerMeta,
+    now: int,
+) -> TransferBatchOutcome:
+    """Apply a batch of transfers on top of the prefetched state at time `now` (nanoseconds)."""
+    count = len(events)
+    timestamp_base = first_timestamp(meta, now)
+    batch = _TransferBatch(prefetched)
+    results: list[CreateTransferResult] = []
+    failures: list[Failure] = []
+    chain_start: int | None = None
+    chain_broken = False
+
+    for index, event in enumerate(events):
+        linked = event.flags & _LINKED
+        result: CreateTransferResult | None = None
+        if linked:
+            if chain_start is None:
+                chain_start = index
+                chain_broken = False
+                batch.open_chain()
+            if index == count - 1:
+                result = _R.LINKED_EVENT_CHAIN_OPEN
+        if result is None:
+            if chain_broken:
+                result = _R.LINKED_EVENT_FAILED
+            elif event.timestamp != 0:
+                result = _R.TIMESTAMP_MUST_BE_ZERO
+            else:
+                result = _create_transfer(batch, event, timestamp_base + index)
+        if result is not _R.OK:
+            if chain_start is not None and not chain_broken:
+                chain_broken = True
+                batch.roll_back_chain()
+                for earlier in range(chain_start, index):
+                    results[earlier] = _R.LINKED_EVENT_FAILED
+            if result in TRANSIENT_TRANSFER_RESULTS:
+                # Remembered after the rollback, so it persists even if its chain failed.
+                batch.failed[event.id] = result.value
+                failures.append(Failure(event.id, result.value, timestamp_base + index))
+        results.append(result)
+        if chain_start is not None and (not linked or result is _R.LINKED_EVENT_CHAIN_OPEN):
+            if not chain_broken:
+                batch.close_chain()
+            chain_start = None
+            chain_broken = False
+
+    if not batch.created and not failures:
+        return TransferBatchOutcome(results, None)
+    timestamps = [t.timestamp for t in batch.created] + [f.timestamp for f in failures]
+    journal = _journal_entry(
+        meta, "transfers", min(timestamps), max(timestamps), [], batch.created, [], failures
+    )
+    committed = CommittedBatch(
+        kind="transfers",
+        journal=journal,
+        transfers_created=batch.created,
+        accounts_updated=batch.updated_accounts(),
+        pending_created=batch.pending_created,
+        pending_resolved={
+            pending_id: status
+            for pending_id, status in batch.pending_resolved.items()
+            if pending_id not in batch.pending_created
+        },
+        history=batch.history,
+        failures=failures,
+    )
+    return TransferBatchOutcome(results, committed)
+
+
+def _create_transfer(batch: _TransferBatch, t: Transfer, timestamp: int) -> CreateTransferResult:
+    flags = t.flags
+    if flags & ~_TRANSFER_FLAGS_SUPPORTED:
+        return _R.RESERVED_FLAG
+    transfer_id = t.id
+    if transfer_id == 0:
+        return _R.ID_MUST_NOT_BE_ZERO
+    if transfer_id == _MAX:
+        return _R.ID_MUST_NOT_BE_INT_MAX
+    existing = batch.transfer(transfer_id)
+    if existing is not None:
+        return _transfer_exists(batch, t, existing)
+    if transfer_id in batch.failed:
+        return _R.ID_ALREADY_FAILED
+    if flags & (_POST | _VOID):
+        return _post_or_void_pending_transfer(batch, t, timestamp)
+
+    debit_account_id = t.debit_account_id
+    credit_account_id = t.credit_account_id
+    if debit_account_id == 0:
+        return _R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if debit_account_id == _MAX:
+        return _R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+    if credit_account_id == 0:
+        return _R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if credit_account_id == _MAX:
+        return _R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+    if credit_account_id == debit_account_id:
+        return _R.ACCOUNTS_MUST_BE_DIFFERENT
+    if t.pending_id != 0:
+        return _R.PENDING_ID_MUST_BE_ZERO
+    pending = flags & _PENDING
+    if not pending:
+        if t.timeout != 0:
+            return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if flags & (_CLOSING_DEBIT | _CLOSING_CREDIT):
+            return _R.CLOSING_TRANSFER_MUST_BE_PENDING
+    balancing = flags & (_BALANCING_DEBIT | _BALANCING_CREDIT)
+    if t.amount == 0 and not balancing:
+        return _R.AMOUNT_MUST_NOT_BE_ZERO
+    if t.ledger == 0:
+        return _R.LEDGER_MUST_NOT_BE_ZERO
+    if t.code == 0:
+        return _R.CODE_MUST_NOT_BE_ZERO
+
+    dr_account = batch.accounts.get(debit_account_id)
+    if dr_account is None:
+        return _R.DEBIT_ACCOUNT_NOT_FOUND
+    cr_account = batch.accounts.get(credit_account_id)
+    if cr_account is None:
+        return _R.CREDIT_ACCOUNT_NOT_FOUND
+    if dr_account.ledger != cr_account.ledger:
+        return _R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+    if t.ledger != dr_account.ledger:
+        return _R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+
+    dr = batch.balance(debit_account_id)
+    cr = batch.balance(credit_account_id)
+    if dr[_FLAGS] & _CLOSED:
+        return _R.DEBIT_ACCOUNT_ALREADY_CLOSED
+    if cr[_FLAGS] & _CLOSED:
+        return _R.CREDIT_ACCOUNT_ALREADY_CLOSED
+
+    amount = t.amount
+    if balancing:
+        # The amount is an upper bound, clamped to what the account can give without
+        # breaching its limit; a clamp to zero still succeeds, moving nothing.
+        if flags & _BALANCING_DEBIT:
+            amount = min(amount, max(dr[_CPO] - (dr[_DPO] + dr[_DP]), 0))
+        if flags & _BALANCING_CREDIT:
+            amount = min(amount, max(cr[_DPO] - (cr[_CPO] + cr[_CP]), 0))
+
+    if pending:
+        if amount + dr[_DP] > _MAX:
+            return _R.OVERFLOWS_DEBITS_PENDING
+        if amount + cr[_CP] > _MAX:
+            return _R.OVERFLOWS_CREDITS_PENDING
+    if amount + dr[_DPO] > _MAX:
+        return _R.OVERFLOWS_DEBITS_POSTED
+    if amount + cr[_CPO] > _MAX:
+        return _R.OVERFLOWS_CREDITS_POSTED
+    if amount + dr[_DP] + dr[_DPO] > _MAX:
+        return _R.OVERFLOWS_DEBITS
+    if amount + cr[_CP] + cr[_CPO] > _MAX:
+        return _R.OVERFLOWS_CREDITS
+    if timestamp + t.timeout * NANOSECONDS_PER_SECOND > _TIMESTAMP_LIMIT:
+        return _R.OVERFLOWS_TIMEOUT
+    if dr[_FLAGS] & _DEBITS_MUST_NOT_EXCEED_CREDITS and dr[_DP] + dr[_DPO] + amount > dr[_CPO]:
+        return _R.EXCEEDS_CREDITS
+    if cr[_FLAGS] & _CREDITS_MUST_NOT_EXCEED_DEBITS and cr[_CP] + cr[_CPO] + amount > cr[_DPO]:
+        return _R.EXCEEDS_DEBITS
+
+    # Every check passed: from here the transfer must succeed.
+    if pending:
+        dr[_DP] += amount
+        cr[_CP] += amount
+        expires_at = timestamp + t.timeout * NANOSECONDS_PER_SECOND if t.timeout else 0
+        batch.set_pending_state(
+            transfer_id, PendingState(PendingStatus.PENDING, expires_at), created=True
+        )
+        if flags & _CLOSING_DEBIT:
+            dr[_FLAGS] |= _CLOSED
+        if flags & _CLOSING_CREDIT:
+            cr[_FLAGS] |= _CLOSED
+    else:
+        dr[_DPO] += amount
+        cr[_CPO] += amount
+    batch.record(t._replace(amount=amount, timestamp=timestamp), dr, cr)
+    return _R.OK
+
+
+def _post_or_void_pending_transfer(
+    batch: _TransferBatch, t: Transfer, timestamp: int
+) -> CreateTransferResult:
+    flags = t.flags
+    post = flags & _POST
+    void = flags & _VOID
+    if post and void:
+        return _R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if flags & (_PENDING | _BALANCING_DEBIT | _BALANCING_CREDIT | _CLOSING_DEBIT | _CLOSING_CREDIT):
+        return _R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if t.pending_id == 0:
+        return _R.PENDING_ID_MUST_NOT_BE_ZERO
+    if t.pending_id == _MAX:
+        return _R.PENDING_ID_MUST_NOT_BE_INT_MAX
+    if t.pending_id == t.id:
+        return _R.PENDING_ID_MUST_BE_DIFFERENT
+    if t.timeout != 0:
+        return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+
+    p = batch.transfer(t.pending_id)
+    if p is None:
+        return _R.PENDING_TRANSFER_NOT_FOUND
+    if not p.flags & _PENDING:
+        return _R.PENDING_TRANSFER_NOT_PENDING
+    if t.debit_account_id != 0 and t.debit_account_id != p.debit_account_id:
+        return _R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+    if t.credit_account_id != 0 and t.credit_account_id != p.credit_account_id:
+        return _R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+    if t.ledger != 0 and t.ledger != p.ledger:
+        return _R.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+    if t.code != 0 and t.code != p.code:
+        return _R.PENDING_TRANSFER_HAS_DIFFERENT_CODE
+
+    if void:
+        amount = t.amount if t.amount > 0 else p.amount
+    else:
+        amount = p.amount if t.amount == _MAX else t.amount
+    if amount > p.amount:
+        return _R.EXCEEDS_PENDING_TRANSFER_AMOUNT
+    if void and amount < p.amount:
+        return _R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+
+    state = batch.pending_states[p.id]
+    if state.status == PendingStatus.POSTED:
+        return _R.PENDING_TRANSFER_ALREADY_POSTED
+    if state.status == PendingStatus.VOIDED:
+        return _R.PENDING_TRANSFER_ALREADY_VOIDED
+    if state.status == PendingStatus.EXPIRED:
+        return _R.PENDING_TRANSFER_EXPIRED
+    if state.expires_at and state.expires_at <= timestamp:
+        return _R.PENDING_TRANSFER_EXPIRED
+
+    dr = batch.balance(p.debit_account_id)
+    cr = batch.balance(p.credit_account_id)
+    # Only a void may touch a closed account: it is how a closing transfer is undone.
+    if not void:
+        if dr[_FLAGS] & _CLOSED:
+            return _R.DEBIT_ACCOUNT_ALREADY_CLOSED
+        if cr[_FLAGS] & _CLOSED:
+            return _R.CREDIT_ACCOUNT_ALREADY_CLOSED
+
+    dr[_DP] -= p.amount
+    cr[_CP] -= p.amount
+    if post:
+        dr[_DPO] += amount
+        cr[_CPO] += amount
+        status = PendingStatus.POSTED
+    else:
+        if p.flags & _CLOSING_DEBIT:
+            dr[_FLAGS] &= ~_CLOSED
+        if p.flags & _CLOSING_CREDIT:
+            cr[_FLAGS] &= ~_CLOSED
+        status = PendingStatus.VOIDED
+    batch.set_pending_state(p.id, PendingState(status, state.expires_at), created=False)
+    stored = Transfer(
+        id=t.id,
+        debit_account_id=p.debit_account_id,
+        credit_account_id=p.credit_account_id,
+        amount=amount,
+        pending_id=t.pending_id,
+        user_data_128=t.user_data_128 or p.user_data_128,
+        user_data_64=t.user_data_64 or p.user_data_64,
+        user_data_32=t.user_data_32 or p.user_data_32,
+        timeout=0,
+        ledger=p.ledger,
+        code=p.code,
+        flags=flags,
+        timestamp=timestamp,
+    )
+    batch.record(stored, dr, cr)
+    return _R.OK
+
+
+def _transfer_exists(batch: _TransferBatch, t: Transfer, e: Transfer) -> CreateTransferResult:
+    if t.flags != e.flags:
+        return _R.EXISTS_WITH_DIFFERENT_FLAGS
+    if t.pending_id != e.pending_id:
+        return _R.EXISTS_WITH_DIFFERENT_PENDING_ID
+    if t.timeout != e.timeout:
+        return _R.EXISTS_WITH_DIFFERENT_TIMEOUT
+    if t.flags & (_POST | _VOID):
+        p = batch.transfer(t.pending_id)
+        assert p is not None, "a committed post or void always has its pending transfer"
+        return _post_or_void_exists(t, e, p)
+    if t.debit_account_id != e.debit_account_id:
+        return _R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+    if t.credit_account_id != e.credit_account_id:
+        return _R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+    if t.flags & (_BALANCING_DEBIT | _BALANCING_CREDIT):
+        # The retry's upper bound must still cover what was actually moved.
+        if t.amount < e.amount:
+            return _R.EXISTS_WITH_DIFFERENT_AMOUNT
+    elif t.amount != e.amount:
+        return _R.EXISTS_WITH_DIFFERENT_AMOUNT
+    if t.user_data_128 != e.user_data_128:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if t.user_data_64 != e.user_data_64:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if t.user_data_32 != e.user_data_32:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_32
+    if t.ledger != e.ledger:
+        return _R.EXISTS_WITH_DIFFERENT_LEDGER
+    if t.code != e.code:
+        return _R.EXISTS_WITH_DIFFERENT_CODE
+    return _R.EXISTS
+
+
+def _post_or_void_exists(t: Transfer, e: Transfer, p: Transfer) -> CreateTransferResult:
+    if t.debit_account_id != 0 and t.debit_account_id != e.debit_account_id:
+        return _R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+    if t.credit_account_id != 0 and t.credit_account_id != e.credit_account_id:
+        return _R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+    full_amount_requested = t.amount == 0 if t.flags & _VOID else t.amount == _MAX
+    if full_amount_requested:
+        if e.amount != p.amount:
+            return _R.EXISTS_WITH_DIFFERENT_AMOUNT
+    elif t.amount != e.amount:
+        return _R.EXISTS_WITH_DIFFERENT_AMOUNT
+    # Zero user data means "inherited from the pending transfer".
+    if (t.user_data_128 or p.user_data_128) != e.user_data_128:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if (t.user_data_64 or p.user_data_64) != e.user_data_64:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if (t.user_data_32 or p.user_data_32) != e.user_data_32:
+        return _R.EXISTS_WITH_DIFFERENT_USER_DATA_32
+    if t.ledger != 0 and t.ledger != e.ledger:
+        return _R.EXISTS_WITH_DIFFERENT_LEDGER
+    if t.code != 0 and t.code != e.code:
+        return _R.EXISTS_WITH_DIFFERENT_CODE
+    return _R.EXISTS
+
+
+# --------------------------------------------------------------------------------- expiry
+
+
+def expire_pending_transfers(
+    due: Sequence[Transfer],
+    accounts: dict[int, Account],
+    meta: LedgerMeta,
+    now: int,
+) -> CommittedBatch | None:
+    """Release the reservations of pending transfers whose timeout has passed.
+
+    `due` are still-pending transfers with expiry at or before `now`, in (expires_at,
+    timestamp) order; `accounts` their debit and credit accounts. No transfer is created: the
+    pending balances drop, a closing transfer's account reopens, and the pending transfer's
+    status becomes expired, each expiry consuming one ledger timestamp.
+    """
+    if not due:
+        return None
+    timestamp_base = first_timestamp(meta, now)
+    balances: dict[int, Account] = {}
+    expiries: list[Expiry] = []
+    for index, p in enumerate(due):
+        assert p.flags & _PENDING
+        dr = balances.get(p.debit_account_id) or accounts[p.debit_account_id]
+        cr = balances.get(p.credit_account_id) or accounts[p.credit_account_id]
+        dr_flags = dr.flags & ~_CLOSED if p.flags & _CLOSING_DEBIT else dr.flags
+        cr_flags = cr.flags & ~_CLOSED if p.flags & _CLOSING_CREDIT else cr.flags
+        balances[dr.id] = dr._replace(debits_pending=dr.debits_pending - p.amount, flags=dr_flags)
+        balances[cr.id] = cr._replace(credits_pending=cr.credits_pending - p.amount, flags=cr_flags)
+        assert balances[dr.id].debits_pending >= 0
+        assert balances[cr.id].credits_pending >= 0
+        expiries.append(Expiry(p.id, timestamp_base + index))
+    journal = _journal_entry(
+        meta, "expiry", expiries[0].timestamp, expiries[-1].timestamp, [], [], expiries, []
+    )
+    return CommittedBatch(
+        kind="expiry",
+        journal=journal,
+        accounts_updated=balances,
+        pending_resolved={expiry.pending_id: PendingStatus.EXPIRED for expiry in expiries},
+        expiries=expiries,
+    )

@@ -1,0 +1,151 @@
+"""The ledger's command handlers: prefetch, run the pure core, commit once.
+
+Each write is one unit of work under the store's writer lock:
+1. expire pending transfers whose timeout has passed (their own journal batch, same commit),
+2. prefetch every account, transfer, pending state and failed id the batch can touch,
+3. run the state machine once over the whole batch,
+4. save the outcome and commit durably; only then are results returned.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+
+from paycell.core import state_machine
+from paycell.core.batch import LedgerMeta
+from paycell.core.events import validate_accounts, validate_ids, validate_transfers
+from paycell.core.limits import BATCH_EVENTS_MAX
+from paycell.core.queries import account_filter_is_valid, page_limit, query_filter_is_valid
+from paycell.core.results import CreateAccountResult, CreateTransferResult
+from paycell.core.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFlags,
+    QueryFilter,
+    Transfer,
+)
+from paycell.service.ports import LedgerStore, WriteUnit
+
+Clock = Callable[[], int]
+"""Returns the current time in nanoseconds since the Unix epoch."""
+
+
+class LedgerService:
+    def __init__(self, store: LedgerStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    # Writes -----------------------------------------------------------------------------------
+
+    def create_accounts(self, events: Iterable[Account]) -> list[CreateAccountResult]:
+        batch = validate_accounts(events)
+        with self.store.write() as unit:
+            meta, _ = self._expire_due(unit, unit.meta())
+            existing = unit.accounts_by_id({a.id for a in batch})
+            outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
+            if outcome.committed is not None:
+                unit.save(outcome.committed)
+        return outcome.results
+
+    def create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
+        batch = validate_transfers(events)
+        with self.store.write() as unit:
+            meta, _ = self._expire_due(unit, unit.meta())
+            prefetched = self._prefetch(unit, batch)
+            outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
+            if outcome.committed is not None:
+                unit.save(outcome.committed)
+        return outcome.results
+
+    def expire_pending_transfers(self) -> int:
+        """Expire every pending transfer whose timeout has passed; return how many."""
+        with self.store.write() as unit:
+            _, expired = self._expire_due(unit, unit.meta())
+        return expired
+
+    def _expire_due(self, unit: WriteUnit, meta: LedgerMeta) -> tuple[LedgerMeta, int]:
+        expired = 0
+        while True:
+            now = self.clock()
+            due = unit.due_pending_transfers(
+                state_machine.first_timestamp(meta, now), BATCH_EVENTS_MAX
+            )
+            if not due:
+                return meta, expired
+            account_ids = {t.debit_account_id for t in due} | {t.credit_account_id for t in due}
+            accounts = unit.accounts_by_id(account_ids)
+            committed = state_machine.expire_pending_transfers(due, accounts, meta, now)
+            assert committed is not None
+            unit.save(committed)
+            meta = committed.meta_after
+            expired += len(due)
+
+    @staticmethod
+    def _prefetch(unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:
+        transfer_ids = {t.id for t in batch}
+        pending_ids = {t.pending_id for t in batch if t.pending_id}
+        transfers = unit.transfers_by_id(transfer_ids | pending_ids)
+        # Pending transfers created earlier in this same batch are not in the database yet;
+        # the state machine finds them in its own working state.
+        referenced = [transfers[i] for i in pending_ids if i in transfers]
+        # A replayed post/void needs its pending transfer to compare against.
+        referenced_by_replays = {
+            t.pending_id
+            for t in transfers.values()
+            if t.pending_id and t.pending_id not in transfers
+        }
+        if referenced_by_replays:
+            transfers.update(unit.transfers_by_id(referenced_by_replays))
+        account_ids = {t.debit_account_id for t in batch} | {t.credit_account_id for t in batch}
+        account_ids.update(t.debit_account_id for t in referenced)
+        account_ids.update(t.credit_account_id for t in referenced)
+        return state_machine.Prefetched(
+            accounts=unit.accounts_by_id(account_ids),
+            transfers=transfers,
+            pending_states=unit.pending_states(pending_ids),
+            failed_results=unit.failed_results(transfer_ids),
+        )
+
+    # Reads ------------------------------------------------------------------------------------
+
+    def _expire_before_reading(self) -> None:
+        # Pending transfers expire "without anyone calling": a read never shows a reservation
+        # whose timeout has passed.
+        meta = self.store.meta()
+        if self.store.has_due_pending_transfers(state_machine.first_timestamp(meta, self.clock())):
+            self.expire_pending_transfers()
+
+    def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        wanted = validate_ids(ids)
+        self._expire_before_reading()
+        found = self.store.lookup_accounts(set(wanted))
+        return [found[i] for i in wanted if i in found]
+
+    def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        wanted = validate_ids(ids)
+        found = self.store.lookup_transfers(set(wanted))
+        return [found[i] for i in wanted if i in found]
+
+    def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
+        if not account_filter_is_valid(account_filter):
+            return []
+        return self.store.account_transfers(account_filter, page_limit(account_filter.limit))
+
+    def get_account_balances(self, account_filter: AccountFilter) -> list[AccountBalance]:
+        if not account_filter_is_valid(account_filter):
+            return []
+        found = self.store.lookup_accounts({account_filter.account_id})
+        account = found.get(account_filter.account_id)
+        if account is None or not account.flags & AccountFlags.HISTORY:
+            return []
+        return self.store.account_balances(account_filter, page_limit(account_filter.limit))
+
+    def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        if not query_filter_is_valid(query_filter):
+            return []
+        self._expire_before_reading()
+        return self.store.query_accounts(query_filter, page_limit(query_filter.limit))
+
+    def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        if not query_filter_is_valid(query_filter):
+            return []
+        return self.store.query_transfers(query_filter, page_limit(query_filter.limit))

@@ -1,0 +1,208 @@
+"""`paycell verify`: prove the books balance and the journal is untampered.
+
+Three independent checks, each naming every discrepancy it finds:
+1. **The hash chain.** Every journal entry links to the previous one, and recomputing each
+   entry's hash from the rows it covers gives the stored hash. Every stored row is covered by
+   exactly one entry (no row slipped in outside the journal).
+2. **Balances equal the journal.** Each account's four stored balances and its closed flag
+   equal what its transfers, their pending states and expiries sum to.
+3. **Every ledger balances.** Per ledger (currency), total debits equal total credits, for
+   posted and for pending amounts.
+"""
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from paycell.core.journal import GENESIS_HASH, batch_hash
+from paycell.core.types import AccountFlags, PendingStatus, TransferFlags
+from paycell.service.ports import LedgerStore
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class LedgerTotals:
+    debits_pending: int = 0
+    debits_posted: int = 0
+    credits_pending: int = 0
+    credits_posted: int = 0
+    accounts: int = 0
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    discrepancies: list[str] = field(default_factory=list)
+    journal_entries: int = 0
+    accounts: int = 0
+    transfers: int = 0
+    ledgers: dict[int, LedgerTotals] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.discrepancies
+
+    def render(self) -> str:
+        lines = [
+            f"journal entries: {self.journal_entries}",
+            f"accounts: {self.accounts}",
+            f"transfers: {self.transfers}",
+        ]
+        for ledger, totals in sorted(self.ledgers.items()):
+            lines.append(
+                f"ledger {ledger}: {totals.accounts} accounts, "
+                f"posted debits {totals.debits_posted} = credits {totals.credits_posted}, "
+                f"pending debits {totals.debits_pending} = credits {totals.credits_pending}"
+            )
+        if self.ok:
+            lines.append("OK: every ledger balances, balances match the journal, chain intact")
+        else:
+            lines.append(f"FAILED: {len(self.discrepancies)} discrepancies")
+            lines.extend(f"  - {d}" for d in self.discrepancies)
+        return "\n".join(lines)
+
+
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING_TRANSFER)
+_VOID = int(TransferFlags.VOID_PENDING_TRANSFER)
+_CLOSING_DEBIT = int(TransferFlags.CLOSING_DEBIT)
+_CLOSING_CREDIT = int(TransferFlags.CLOSING_CREDIT)
+_CLOSED = int(AccountFlags.CLOSED)
+
+
+def verify(store: LedgerStore, progress: ProgressCallback | None = None) -> VerifyReport:
+    report = VerifyReport()
+    say = progress or (lambda _message: None)
+    say("checking the journal's hash chain")
+    _check_chain(store, report)
+    say("recomputing balances from the journal")
+    _check_balances(store, report)
+    return report
+
+
+def _check_chain(store: LedgerStore, report: VerifyReport) -> None:
+    previous_hash = GENESIS_HASH
+    expected_number = 1
+    covered = {"accounts": 0, "transfers": 0, "expiries": 0, "failures": 0}
+    last_timestamp = 0
+    for entry in store.journal_entries():
+        report.journal_entries += 1
+        if entry.batch_number != expected_number:
+            report.discrepancies.append(
+                f"journal: expected batch {expected_number}, found batch {entry.batch_number}"
+            )
+        expected_number = entry.batch_number + 1
+        if entry.previous_hash != previous_hash:
+            report.discrepancies.append(
+                f"journal batch {entry.batch_number}: previous_hash does not link to the "
+                "batch before it"
+            )
+        if entry.timestamp_first <= last_timestamp:
+            report.discrepancies.append(
+                f"journal batch {entry.batch_number}: timestamps overlap the batch before it"
+            )
+        last_timestamp = entry.timestamp_last
+        accounts, transfers, expiries, failures = store.batch_records(entry)
+        covered["accounts"] += len(accounts)
+        covered["transfers"] += len(transfers)
+        covered["expiries"] += len(expiries)
+        covered["failures"] += len(failures)
+        if len(accounts) + len(transfers) + len(expiries) + len(failures) != entry.event_count:
+            report.discrepancies.append(
+                f"journal batch {entry.batch_number}: covers {entry.event_count} records, "
+                f"found {len(accounts) + len(transfers) + len(expiries) + len(failures)}"
+            )
+        recomputed = batch_hash(
+            entry.previous_hash,
+            entry.batch_number,
+            entry.kind,
+            accounts,
+            transfers,
+            expiries,
+            failures,
+        )
+        if recomputed != entry.hash:
+            report.discrepancies.append(
+                f"journal batch {entry.batch_number} ({entry.kind}): rows do not match the "
+                "recorded hash (altered, inserted or deleted rows)"
+            )
+        previous_hash = entry.hash
+    meta = store.meta()
+    if meta.last_hash != previous_hash or meta.batch_number != expected_number - 1:
+        report.discrepancies.append("journal: the ledger's chain head does not match the journal")
+    stored_accounts = sum(1 for _ in store.all_accounts())
+    if stored_accounts != covered["accounts"]:
+        report.discrepancies.append(
+            f"journal: {stored_accounts} accounts stored but {covered['accounts']} covered "
+            "by the journal"
+        )
+    report.transfers = sum(1 for _ in store.all_transfers())
+    if report.transfers != covered["transfers"]:
+        report.discrepancies.append(
+            f"journal: {report.transfers} transfers stored but {covered['transfers']} covered "
+            "by the journal"
+        )
+
+
+def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
+    pending_states = dict(store.all_pending_states())
+    # account id -> [debits_pending, debits_posted, credits_pending, credits_posted]
+    expected: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    # account id -> number of closing transfers currently holding it closed
+    closing_holds: defaultdict[int, int] = defaultdict(int)
+    for t in store.all_transfers():
+        dr = expected[t.debit_account_id]
+        cr = expected[t.credit_account_id]
+        if t.flags & _PENDING:
+            state = pending_states.get(t.id)
+            if state is None:
+                report.discrepancies.append(f"transfer {t.id}: pending without a pending state")
+                continue
+            if state.status == PendingStatus.PENDING:
+                dr[0] += t.amount
+                cr[2] += t.amount
+            if state.status in (PendingStatus.PENDING, PendingStatus.POSTED):
+                if t.flags & _CLOSING_DEBIT:
+                    closing_holds[t.debit_account_id] += 1
+                if t.flags & _CLOSING_CREDIT:
+                    closing_holds[t.credit_account_id] += 1
+        elif t.flags & _POST or not t.flags & _VOID:
+            dr[1] += t.amount
+            cr[3] += t.amount
+    for account in store.all_accounts():
+        report.accounts += 1
+        totals = report.ledgers.setdefault(account.ledger, LedgerTotals())
+        totals.accounts += 1
+        totals.debits_pending += account.debits_pending
+        totals.debits_posted += account.debits_posted
+        totals.credits_pending += account.credits_pending
+        totals.credits_posted += account.credits_posted
+        stored = [
+            account.debits_pending,
+            account.debits_posted,
+            account.credits_pending,
+            account.credits_posted,
+        ]
+        want = expected.pop(account.id, [0, 0, 0, 0])
+        if stored != want:
+            report.discrepancies.append(
+                f"account {account.id}: stored balances (debits pending/posted, credits "
+                f"pending/posted) {stored} but the journal sums to {want}"
+            )
+        if closing_holds.get(account.id) and not account.flags & _CLOSED:
+            report.discrepancies.append(
+                f"account {account.id}: a closing transfer holds it closed but it is open"
+            )
+    for account_id in expected:
+        report.discrepancies.append(f"account {account_id}: transfers name it but it is missing")
+    for ledger, totals in sorted(report.ledgers.items()):
+        if totals.debits_posted != totals.credits_posted:
+            report.discrepancies.append(
+                f"ledger {ledger}: posted debits {totals.debits_posted} != posted credits "
+                f"{totals.credits_posted}"
+            )
+        if totals.debits_pending != totals.credits_pending:
+            report.discrepancies.append(
+                f"ledger {ledger}: pending debits {totals.debits_pending} != pending credits "
+                f"{totals.credits_pending}"
+            )
