@@ -10,7 +10,6 @@ Using the ISO numeric code as the ledger number means a ledger number is meaning
 """
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Final
 
 
@@ -107,25 +106,24 @@ def currency_for_ledger(ledger: int) -> Currency:
 def parse_amount(text: str, currency: Currency) -> int:
     """Convert a decimal string in major units ("12.34") to integer minor units (1234), exactly.
 
-    Rejects signs, exponents, blanks and any digit finer than the currency's minor unit: a
-    payment platform must never round an amount it was given.
+    Rejects signs, exponents, blanks, and any string with more decimal places than the
+    currency's exponent: a payment platform must never round an amount it was given. Integer
+    arithmetic only: `decimal` would silently round past its 28-digit default precision.
     """
-    stripped = text.strip()
-    if not stripped or stripped != text or not all(c.isdigit() or c == "." for c in stripped):
+    whole, separator, fraction = text.partition(".")
+    if (
+        not whole
+        or not (whole.isascii() and whole.isdigit())
+        or (separator and not (fraction.isascii() and fraction.isdigit()))
+    ):
         raise InvalidAmountError(f"amount {text!r} is not a plain non-negative decimal number")
-    if stripped.count(".") > 1 or stripped.startswith(".") or stripped.endswith("."):
-        raise InvalidAmountError(f"amount {text!r} is not a plain non-negative decimal number")
-    try:
-        value = Decimal(stripped)
-    except InvalidOperation:
-        raise InvalidAmountError(f"amount {text!r} is not a decimal number") from None
-    scaled = value.scaleb(currency.exponent)
-    if scaled != scaled.to_integral_value():
+    if len(fraction) > currency.exponent:
         raise InvalidAmountError(
             f"amount {text!r} has more decimal places than {currency.code} allows "
             f"({currency.exponent})"
         )
-    return int(scaled)
+    # "12" and "3" in CNY (exponent 2) are the digits "1230": 1230 fen.
+    return int(whole + fraction.ljust(currency.exponent, "0"))
 
 
 def format_amount(minor_units: int, currency: Currency) -> str:

@@ -75,6 +75,8 @@ _TIMESTAMP_LIMIT = (1 << 63) - 1
 # credits_posted, flags]. A list, not an object, because it is touched once per transfer side.
 _DP, _DPO, _CP, _CPO, _FLAGS = 0, 1, 2, 3, 4
 
+_new_tuple = tuple.__new__
+
 
 @dataclass(slots=True)
 class Prefetched:
@@ -375,17 +377,14 @@ class _TransferBatch:
         updated: dict[int, Account] = {}
         for account_id, row in self.balances.items():
             before = self.accounts[account_id]
-            after = before._replace(
-                debits_pending=row[_DP],
-                debits_posted=row[_DPO],
-                credits_pending=row[_CP],
-                credits_posted=row[_CPO],
-                flags=row[_FLAGS],
+            if row[:4] == list(before[1:5]) and row[_FLAGS] == before.flags:
+                continue
+            after = _new_tuple(
+                Account, (before[0], *row[:4], *before[5:11], row[_FLAGS], before[12])
             )
-            if after != before:
-                assert 0 <= row[_DP] <= _MAX, "debits pending out of range"
-                assert 0 <= row[_CP] <= _MAX, "credits pending out of range"
-                updated[account_id] = after
+            assert 0 <= row[_DP] <= _MAX, "debits pending out of range"
+            assert 0 <= row[_CP] <= _MAX, "credits pending out of range"
+            updated[account_id] = after
         return updated
 
 
@@ -568,7 +567,12 @@ def _create_transfer(batch: _TransferBatch, t: Transfer, timestamp: int) -> Crea
     else:
         dr[_DPO] += amount
         cr[_CPO] += amount
-    batch.record(t._replace(amount=amount, timestamp=timestamp), dr, cr)
+    # Built with tuple.__new__ rather than _replace: a third of the cost, on the hottest line.
+    if amount == t.amount:
+        stored = _new_tuple(Transfer, t[:12] + (timestamp,))  # noqa: RUF005 (faster)
+    else:
+        stored = _new_tuple(Transfer, (*t[:3], amount, *t[4:12], timestamp))
+    batch.record(stored, dr, cr)
     return _R.OK
 
 

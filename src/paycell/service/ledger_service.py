@@ -7,7 +7,9 @@ Each write is one unit of work under the store's writer lock:
 4. save the outcome and commit durably; only then are results returned.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+import gc
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from paycell.core import state_machine
 from paycell.core.batch import LedgerMeta
@@ -29,6 +31,23 @@ Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the Unix epoch."""
 
 
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one batch.
+
+    A batch allocates tens of thousands of small acyclic records (freed by reference counting
+    anyway); without the pause, generational collections walk the whole heap several times
+    per batch, about a tenth of a large batch's time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class LedgerService:
     def __init__(self, store: LedgerStore, clock: Clock) -> None:
         self.store = store
@@ -48,7 +67,7 @@ class LedgerService:
 
     def create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
         batch = validate_transfers(events)
-        with self.store.write() as unit:
+        with _garbage_collection_paused(), self.store.write() as unit:
             meta, _ = self._expire_due(unit, unit.meta())
             prefetched = self._prefetch(unit, batch)
             outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())

@@ -1,0 +1,90 @@
+"""Helpers for the storage contract suite: a clock the tests move, and raw database access.
+
+Every contract test takes the `database_url` fixture (tests/conftest.py), so it runs once on
+SQLite and once on a real PostgreSQL server. Tests speak only through `paycell.Ledger`, except
+where the contract is about the database itself (durability settings, tamper evidence): there
+they use `RawDatabase`, the access an operator or an attacker with database credentials has.
+"""
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+
+from paycell import Account, Ledger
+from paycell.adapters.storage.factory import is_postgres_url
+
+# 2023-11-14T22:13:20Z in nanoseconds: a realistic "now", well inside the ledger's range.
+START_NANOSECONDS = 1_700_000_000 * 1_000_000_000
+NANOSECONDS_PER_SECOND = 1_000_000_000
+
+# Ledgers (currencies) as ISO 4217 numeric codes.
+CNY = 156
+EUR = 978
+USD = 840
+
+
+class FakeClock:
+    """A clock that moves only when told: `Ledger(url, clock=clock)`."""
+
+    def __init__(self, now: int = START_NANOSECONDS) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * NANOSECONDS_PER_SECOND)
+
+
+class RawDatabase:
+    """Plain SQL on a ledger's database, bypassing paycell. Write SQL with `?` placeholders."""
+
+    def __init__(self, url: str) -> None:
+        self.is_postgres = is_postgres_url(url)
+        self._connection: Any
+        if self.is_postgres:
+            self._connection = psycopg.connect(url, autocommit=True)
+        else:
+            self._connection = sqlite3.connect(url, isolation_level=None)
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.is_postgres:
+            sql = sql.replace("?", "%s")
+        cursor = self._connection.execute(sql, parameters)
+        return list(cursor.fetchall()) if cursor.description else []
+
+    def drop_trigger(self, name: str, table: str) -> None:
+        if self.is_postgres:
+            self.execute(f"DROP TRIGGER {name} ON {table}")
+        else:
+            self.execute(f"DROP TRIGGER {name}")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(database_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    with Ledger(database_url, clock=clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def raw_database(database_url: str) -> Iterator[RawDatabase]:
+    raw = RawDatabase(database_url)
+    yield raw
+    raw.close()
+
+
+def open_accounts(ledger: Ledger, *accounts: Account) -> None:
+    """Create accounts that must all be created."""
+    results = ledger.create_accounts(accounts)
+    assert [r.value for r in results] == ["ok"] * len(accounts)

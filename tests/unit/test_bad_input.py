@@ -1,0 +1,130 @@
+"""Input that is not a well-formed event is rejected with an error naming the field, and the
+ledger is left exactly as it was."""
+
+from pathlib import Path
+
+import pytest
+
+from paycell import (
+    BATCH_EVENTS_MAX,
+    Account,
+    BatchEmptyError,
+    BatchTooLargeError,
+    InvalidFieldError,
+    Ledger,
+    Transfer,
+    TransferFlags,
+)
+
+U128_MAX = (1 << 128) - 1
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.create_accounts([Account(id=1, ledger=156, code=1), Account(id=2, ledger=156, code=1)])
+    return ledger
+
+
+def good_transfer(**changes: object) -> Transfer:
+    return Transfer(
+        id=100, debit_account_id=1, credit_account_id=2, amount=500, ledger=156, code=1
+    )._replace(**changes)
+
+
+def snapshot(ledger: Ledger) -> tuple[object, ...]:
+    return (
+        ledger.lookup_accounts([1, 2]),
+        ledger.lookup_transfers([99, 100]),
+        ledger.store.meta(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("amount", -1, "must not be negative"),
+        ("amount", U128_MAX + 1, "must fit in 128 unsigned bits"),
+        ("amount", 5.0, "must be an integer, got float"),
+        ("amount", "500", "must be an integer, got str"),
+        ("amount", True, "must be an integer, got bool"),
+        ("id", -5, "must not be negative"),
+        ("id", None, "must be an integer, got NoneType"),
+        ("debit_account_id", 1 << 129, "must fit in 128 unsigned bits"),
+        ("user_data_64", 1 << 64, "must fit in 64 unsigned bits"),
+        ("user_data_32", 1 << 32, "must fit in 32 unsigned bits"),
+        ("timeout", 1 << 32, "must fit in 32 unsigned bits"),
+        ("ledger", -156, "must not be negative"),
+        ("code", 1 << 16, "must fit in 16 unsigned bits"),
+        ("flags", 1 << 16, "must fit in 16 unsigned bits"),
+    ],
+)
+def test_malformed_transfer_field_is_named_and_changes_nothing(
+    ledger: Ledger, field: str, value: object, message: str
+) -> None:
+    before = snapshot(ledger)
+    batch = [good_transfer(id=99), good_transfer(**{field: value})]
+    with pytest.raises(InvalidFieldError) as raised:
+        ledger.create_transfers(batch)
+    assert raised.value.field == field
+    assert raised.value.index == 1
+    assert raised.value.code == "invalid_field"
+    assert message in str(raised.value)
+    assert snapshot(ledger) == before
+
+
+def test_malformed_account_field_is_named_and_changes_nothing(ledger: Ledger) -> None:
+    before = snapshot(ledger)
+    with pytest.raises(InvalidFieldError) as raised:
+        ledger.create_accounts([Account(id=3, ledger=156, code=1), Account(id=-4, ledger=156)])
+    assert (raised.value.field, raised.value.index) == ("id", 1)
+    assert snapshot(ledger) == before
+    assert ledger.lookup_accounts([3]) == []
+
+
+def test_oversize_batch_is_rejected_whole(ledger: Ledger) -> None:
+    before = snapshot(ledger)
+    batch = [good_transfer(id=1000 + i) for i in range(BATCH_EVENTS_MAX + 1)]
+    with pytest.raises(BatchTooLargeError, match="8190"):
+        ledger.create_transfers(batch)
+    assert snapshot(ledger) == before
+
+
+def test_largest_batch_is_accepted(ledger: Ledger) -> None:
+    batch = [good_transfer(id=1000 + i, amount=1) for i in range(BATCH_EVENTS_MAX)]
+    results = ledger.create_transfers(batch)
+    assert len(results) == BATCH_EVENTS_MAX
+    assert {result.value for result in results} == {"ok"}
+    assert ledger.lookup_accounts([2])[0].credits_posted == BATCH_EVENTS_MAX
+
+
+def test_empty_batch_is_an_error_not_a_silent_success(ledger: Ledger) -> None:
+    with pytest.raises(BatchEmptyError):
+        ledger.create_transfers([])
+    with pytest.raises(BatchEmptyError):
+        ledger.create_accounts([])
+
+
+def test_something_that_is_not_a_transfer_is_rejected(ledger: Ledger) -> None:
+    with pytest.raises(InvalidFieldError, match="must be a Transfer"):
+        ledger.create_transfers([{"id": 1}])  # type: ignore[list-item]
+
+
+def test_flag_enums_are_accepted_as_their_integer_values(ledger: Ledger) -> None:
+    pending = good_transfer(flags=TransferFlags.PENDING)
+    assert [r.value for r in ledger.create_transfers([pending])] == ["ok"]
+    assert ledger.lookup_transfers([100])[0].flags == int(TransferFlags.PENDING)
+
+
+def test_unknown_flag_bits_get_reserved_flag_and_change_nothing(ledger: Ledger) -> None:
+    before = snapshot(ledger)
+    results = ledger.create_transfers([good_transfer(flags=1 << 12)])
+    assert [r.value for r in results] == ["reserved_flag"]
+    assert snapshot(ledger) == before
+
+
+def test_lookups_reject_malformed_ids_by_name(ledger: Ledger) -> None:
+    with pytest.raises(InvalidFieldError, match="id: must not be negative"):
+        ledger.lookup_accounts([1, -1])
+    with pytest.raises(BatchTooLargeError):
+        ledger.lookup_transfers(list(range(1, BATCH_EVENTS_MAX + 2)))
