@@ -8,11 +8,11 @@ Each write is one unit of work under the store's writer lock:
 """
 
 import gc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from paycell.core import state_machine
-from paycell.core.batch import LedgerMeta
+from paycell.core.batch import CommittedBatch, LedgerMeta
 from paycell.core.events import validate_accounts, validate_ids, validate_transfers
 from paycell.core.limits import BATCH_EVENTS_MAX
 from paycell.core.queries import account_filter_is_valid, page_limit, query_filter_is_valid
@@ -25,6 +25,7 @@ from paycell.core.types import (
     QueryFilter,
     Transfer,
 )
+from paycell.service.account_cache import AccountCache
 from paycell.service.ports import LedgerStore, WriteUnit
 
 Clock = Callable[[], int]
@@ -52,54 +53,86 @@ class LedgerService:
     def __init__(self, store: LedgerStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        self.account_cache = AccountCache()
 
     # Writes -----------------------------------------------------------------------------------
 
     def create_accounts(self, events: Iterable[Account]) -> list[CreateAccountResult]:
         batch = validate_accounts(events)
-        with self.store.write() as unit:
-            meta, _ = self._expire_due(unit, unit.meta())
-            existing = unit.accounts_by_id({a.id for a in batch})
+        committed: list[CommittedBatch] = []
+        with self._unit_of_work(committed) as (unit, meta):
+            meta = self._expire_due(unit, meta, committed)
+            existing = self._accounts(unit, {a.id for a in batch})
             outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
             if outcome.committed is not None:
                 unit.save(outcome.committed)
+                committed.append(outcome.committed)
         return outcome.results
 
     def create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
         batch = validate_transfers(events)
-        with _garbage_collection_paused(), self.store.write() as unit:
-            meta, _ = self._expire_due(unit, unit.meta())
+        committed: list[CommittedBatch] = []
+        with _garbage_collection_paused(), self._unit_of_work(committed) as (unit, meta):
+            meta = self._expire_due(unit, meta, committed)
             prefetched = self._prefetch(unit, batch)
             outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
             if outcome.committed is not None:
                 unit.save(outcome.committed)
+                committed.append(outcome.committed)
         return outcome.results
 
     def expire_pending_transfers(self) -> int:
         """Expire every pending transfer whose timeout has passed; return how many."""
-        with self.store.write() as unit:
-            _, expired = self._expire_due(unit, unit.meta())
-        return expired
+        committed: list[CommittedBatch] = []
+        with self._unit_of_work(committed) as (unit, meta):
+            self._expire_due(unit, meta, committed)
+        return sum(len(batch.expiries) for batch in committed)
 
-    def _expire_due(self, unit: WriteUnit, meta: LedgerMeta) -> tuple[LedgerMeta, int]:
-        expired = 0
+    @contextmanager
+    def _unit_of_work(
+        self, committed: list[CommittedBatch]
+    ) -> Iterator[tuple[WriteUnit, LedgerMeta]]:
+        """One write transaction; the account cache learns its outcome only once committed."""
+        try:
+            with self.store.write() as unit:
+                meta = unit.meta()
+                self.account_cache.synchronize(meta)
+                yield unit, meta
+        except BaseException:
+            self.account_cache.forget()
+            raise
+        if committed:
+            self.account_cache.remember_committed(committed, committed[-1].meta_after)
+
+    def _accounts(self, unit: WriteUnit, ids: Collection[int]) -> dict[int, Account]:
+        found, missing = self.account_cache.split(ids)
+        if missing:
+            read = unit.accounts_by_id(missing)
+            self.account_cache.remember_read(read.values())
+            found.update(read)
+        return found
+
+    def _expire_due(
+        self, unit: WriteUnit, meta: LedgerMeta, committed: list[CommittedBatch]
+    ) -> LedgerMeta:
         while True:
             now = self.clock()
             due = unit.due_pending_transfers(
                 state_machine.first_timestamp(meta, now), BATCH_EVENTS_MAX
             )
             if not due:
-                return meta, expired
+                return meta
             account_ids = {t.debit_account_id for t in due} | {t.credit_account_id for t in due}
-            accounts = unit.accounts_by_id(account_ids)
-            committed = state_machine.expire_pending_transfers(due, accounts, meta, now)
-            assert committed is not None
-            unit.save(committed)
-            meta = committed.meta_after
-            expired += len(due)
+            accounts = self._accounts(unit, account_ids)
+            expiry = state_machine.expire_pending_transfers(due, accounts, meta, now)
+            assert expiry is not None
+            unit.save(expiry)
+            committed.append(expiry)
+            # The batch that follows must see the balances the expiry released.
+            self.account_cache.remember_read(expiry.accounts_updated.values())
+            meta = expiry.meta_after
 
-    @staticmethod
-    def _prefetch(unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:
+    def _prefetch(self, unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:
         transfer_ids = {t.id for t in batch}
         pending_ids = {t.pending_id for t in batch if t.pending_id}
         transfers = unit.transfers_by_id(transfer_ids | pending_ids)
@@ -118,7 +151,7 @@ class LedgerService:
         account_ids.update(t.debit_account_id for t in referenced)
         account_ids.update(t.credit_account_id for t in referenced)
         return state_machine.Prefetched(
-            accounts=unit.accounts_by_id(account_ids),
+            accounts=self._accounts(unit, account_ids),
             transfers=transfers,
             pending_states=unit.pending_states(pending_ids),
             failed_results=unit.failed_results(transfer_ids),
