@@ -1,0 +1,358 @@
+"""`paycell`: the command line entry point (argparse, standard library only).
+
+`main(argv)` returns the exit code instead of exiting, so tests call it in-process. Outcomes
+map to exit codes here, at the edge, and nowhere else (see the package docstring): bad input
+is a message with its stable code on stderr and exit 2, never a traceback.
+"""
+
+import argparse
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Final, TypeVar
+
+from paycell.adapters.cli import codec, ledger_commands
+from paycell.adapters.cli.progress import Progress
+from paycell.adapters.storage.factory import is_postgres_url
+from paycell.core.errors import InvalidInputError
+from paycell.core.limits import (
+    BATCH_EVENTS_MAX,
+    QUERY_LIMIT_MAX,
+    UINT32_MAX,
+    UINT64_MAX,
+    UINT128_MAX,
+)
+from paycell.core.types import Account, Transfer
+from paycell.ledger import DEFAULT_DATABASE, Ledger
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_BAD_INPUT: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+
+DATABASE_ENVIRONMENT_VARIABLE: Final = "PAYCELL_DATABASE_URL"
+
+_EVENT = TypeVar("_EVENT", Account, Transfer)
+
+
+class DatabaseNotFoundError(InvalidInputError):
+    """A command that only reads was pointed at an SQLite file that does not exist."""
+
+    code = "database_not_found"
+
+
+class UnreadableInputError(InvalidInputError):
+    """The input file named on the command line cannot be read."""
+
+    code = "unreadable_input"
+
+
+def _unsigned(maximum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be between 0 and {maximum}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_id = _unsigned(UINT128_MAX, "id")
+_u128 = _unsigned(UINT128_MAX, "128-bit integer")
+_u64 = _unsigned(UINT64_MAX, "64-bit integer")
+_u32 = _unsigned(UINT32_MAX, "32-bit integer")
+
+
+def _positive(text: str) -> int:
+    value = _unsigned(UINT64_MAX, "count")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    sizes = []
+    for part in text.split(","):
+        size = _positive(part.strip())
+        if size > BATCH_EVENTS_MAX:
+            raise argparse.ArgumentTypeError(
+                f"a batch holds at most {BATCH_EVENTS_MAX} transfers, got {size}"
+            )
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _add_database_option(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    # The option is accepted before and after the subcommand; only the top level has a default,
+    # so that a subcommand's unset option does not overwrite one given before it.
+    parser.add_argument(
+        "--database",
+        default=(
+            os.environ.get(DATABASE_ENVIRONMENT_VARIABLE, DEFAULT_DATABASE)
+            if top_level
+            else argparse.SUPPRESS
+        ),
+        help=(
+            "an SQLite file path or a postgresql:// URL "
+            f"(default: ${DATABASE_ENVIRONMENT_VARIABLE}, else {DEFAULT_DATABASE})"
+        ),
+    )
+
+
+def _add_query_options(parser: argparse.ArgumentParser, *, ledger: bool) -> None:
+    parser.add_argument("--user-data-128", type=_u128, default=0, metavar="N")
+    parser.add_argument("--user-data-64", type=_u64, default=0, metavar="N")
+    parser.add_argument("--user-data-32", type=_u32, default=0, metavar="N")
+    if ledger:
+        parser.add_argument("--ledger", type=_u32, default=0, metavar="N")
+    parser.add_argument("--code", type=_unsigned(0xFFFF, "code"), default=0, metavar="N")
+    parser.add_argument("--timestamp-min", type=_u64, default=0, metavar="NS")
+    parser.add_argument("--timestamp-max", type=_u64, default=0, metavar="NS")
+    parser.add_argument(
+        "--limit",
+        type=_unsigned(QUERY_LIMIT_MAX, "limit"),
+        default=QUERY_LIMIT_MAX,
+        help=f"rows per page, at most {QUERY_LIMIT_MAX} (default)",
+    )
+    parser.add_argument("--reversed", action="store_true", help="newest first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paycell",
+        description="paycell: a self-hosted payment platform core with a double-entry ledger.",
+        epilog="exit codes: 0 ok, 1 rejected or failed, 2 bad input, 3 database unavailable",
+    )
+    _add_database_option(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, text: str
+    ) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(name, help=text, description=text)
+        _add_database_option(sub, top_level=False)
+        return sub
+
+    ledger = commands.add_parser("ledger", help="ledger commands (JSON lines in and out)")
+    ledger_commands_parsers = ledger.add_subparsers(
+        dest="ledger_command", required=True, metavar="LEDGER_COMMAND"
+    )
+    for name, kind in (("create-accounts", "accounts"), ("create-transfers", "transfers")):
+        sub = command(
+            ledger_commands_parsers,
+            name,
+            f"create {kind} from JSON lines (one object per line; flags as an integer or a "
+            'list of names such as ["pending", "linked"]); prints one result line per event; '
+            "exit 0 if every event is now in the ledger as given (ok, exists, or a replayed "
+            "linked chain), 1 if any event was rejected",
+        )
+        sub.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
+    for name, kind in (("lookup-accounts", "accounts"), ("lookup-transfers", "transfers")):
+        sub = command(
+            ledger_commands_parsers,
+            name,
+            f"print {kind} by id as JSON lines; exit 1 if any is not found",
+        )
+        sub.add_argument("ids", nargs="+", type=_id, metavar="ID")
+    for name, text in (
+        ("account-transfers", "an account's transfers (its statement), one page"),
+        ("account-balances", "an account's balance history (history flag), one page"),
+    ):
+        sub = command(ledger_commands_parsers, name, text)
+        sub.add_argument("account_id", type=_id, metavar="ACCOUNT_ID")
+        sub.add_argument("--debits", action="store_true", help="transfers debiting the account")
+        sub.add_argument("--credits", action="store_true", help="transfers crediting it")
+        _add_query_options(sub, ledger=False)
+    for name, text in (
+        ("query-accounts", "accounts matching user data, ledger and code (0 = any)"),
+        ("query-transfers", "transfers matching user data, ledger and code (0 = any)"),
+    ):
+        sub = command(ledger_commands_parsers, name, text)
+        _add_query_options(sub, ledger=True)
+    command(ledger_commands_parsers, "expire", "expire pending transfers whose timeout passed")
+
+    command(commands, "verify", "prove every ledger balances and the journal is untampered")
+
+    bench = commands.add_parser("bench", help="benchmarks; each prints JSON lines of figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    bench_ledger = bench_commands.add_parser(
+        "ledger", help="create_transfers throughput and latency per backend and batch size"
+    )
+    bench_ledger.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "all"),
+        default="all",
+        help="default: all (PostgreSQL is skipped with a note when unavailable)",
+    )
+    bench_ledger.add_argument(
+        "--batch-sizes", type=_batch_sizes, default=(1, 100, BATCH_EVENTS_MAX)
+    )
+    bench_ledger.add_argument(
+        "--transfers", type=_positive, default=None, help="per run (default: fill --min-seconds)"
+    )
+    bench_ledger.add_argument("--runs", type=_positive, default=3)
+    bench_ledger.add_argument("--accounts", type=_positive, default=10_000)
+    bench_ledger.add_argument("--min-seconds", type=float, default=2.0)
+    bench_ledger.add_argument("--patterns", default="random,hot", help="random,hot")
+
+    demo = command(commands, "demo", "a ledger walkthrough of a small marketplace")
+    demo.add_argument("--seed", type=_u64, default=2024)
+    return parser
+
+
+def _require_existing(database: str) -> None:
+    if is_postgres_url(database) or database == ":memory:":
+        return
+    path = database.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        raise DatabaseNotFoundError(f"no database at {path!r} (create one with a write first)")
+
+
+def _read_input(path: str, read: Callable[[IO[str]], list[_EVENT]]) -> list[_EVENT]:
+    if path == "-":
+        return read(sys.stdin)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return read(stream)
+    except OSError as error:
+        raise UnreadableInputError(f"cannot read {path!r}: {error.strerror}") from None
+
+
+def _run_ledger_command(arguments: argparse.Namespace) -> int:
+    name = arguments.ledger_command
+    database = arguments.database
+    out = sys.stdout
+    # The whole input is checked before the database is even opened: bad input changes
+    # nothing, not even by creating an empty database file.
+    if name == "create-accounts":
+        accounts = _read_input(arguments.file, codec.read_accounts)
+        with Ledger(database) as ledger:
+            return ledger_commands.write_accounts(ledger, accounts, out)
+    if name == "create-transfers":
+        transfers = _read_input(arguments.file, codec.read_transfers)
+        with Ledger(database) as ledger:
+            return ledger_commands.write_transfers(ledger, transfers, out)
+    _require_existing(database)
+    with Ledger(database) as ledger:
+        if name == "lookup-accounts":
+            return ledger_commands.lookup_accounts(ledger, arguments.ids, out)
+        if name == "lookup-transfers":
+            return ledger_commands.lookup_transfers(ledger, arguments.ids, out)
+        if name == "account-transfers":
+            return ledger_commands.account_transfers(ledger, arguments, out)
+        if name == "account-balances":
+            return ledger_commands.account_balances(ledger, arguments, out)
+        if name == "query-accounts":
+            return ledger_commands.query_accounts(ledger, arguments, out)
+        if name == "query-transfers":
+            return ledger_commands.query_transfers(ledger, arguments, out)
+        assert name == "expire", name
+        return ledger_commands.expire(ledger, out)
+
+
+def _run_verify(arguments: argparse.Namespace) -> int:
+    _require_existing(arguments.database)
+    progress = Progress()
+    with Ledger(arguments.database) as ledger:
+        report = ledger.verify(progress.say)
+    print(report.render())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _run_bench(arguments: argparse.Namespace) -> int:
+    from paycell.adapters.cli import bench
+
+    patterns = tuple(p.strip() for p in arguments.patterns.split(",") if p.strip())
+    unknown = [p for p in patterns if p not in bench.PATTERNS]
+    if unknown or not patterns:
+        raise InvalidInputError(f"--patterns: unknown pattern(s) {unknown}; use random,hot")
+    progress = Progress()
+    backends: tuple[str, ...]
+    if arguments.backend == "all":
+        backends = ("sqlite", "postgres") if bench.postgres_available() else ("sqlite",)
+        if "postgres" not in backends:
+            progress.say("bench ledger: PostgreSQL unavailable here, skipping it")
+    else:
+        backends = (arguments.backend,)
+    settings = bench.BenchSettings(
+        backends=backends,
+        batch_sizes=arguments.batch_sizes,
+        patterns=patterns,
+        transfers=arguments.transfers,
+        runs=arguments.runs,
+        accounts=max(arguments.accounts, 2),
+        min_seconds=arguments.min_seconds,
+    )
+    try:
+        return bench.run_bench(settings, sys.stdout, progress)
+    except bench.BenchUnavailableError as error:
+        print(f"paycell: error: unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _run_demo(arguments: argparse.Namespace) -> int:
+    from paycell.adapters.cli import demo
+
+    return demo.run_demo(arguments.database, arguments.seed, sys.stdout, Progress())
+
+
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(errors)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    if arguments.command == "ledger":
+        return _run_ledger_command(arguments)
+    if arguments.command == "verify":
+        return _run_verify(arguments)
+    if arguments.command == "bench":
+        return _run_bench(arguments)
+    assert arguments.command == "demo", arguments.command
+    return _run_demo(arguments)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        arguments = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        # argparse has printed its usage message; --help exits 0, a usage error 2.
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_BAD_INPUT
+    try:
+        return run(arguments)
+    except InvalidInputError as error:
+        print(f"paycell: error: {error.code}: {error.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # `paycell ... | head`: the reader went away; nothing more to say.
+        sys.stderr.close()
+        return EXIT_FAILED
+    except ModuleNotFoundError as error:
+        if error.name != "paycell.adapters.storage.postgres":
+            raise
+        print(
+            "paycell: error: unavailable: the PostgreSQL backend is not installed", file=sys.stderr
+        )
+        return EXIT_UNAVAILABLE
+    except _infrastructure_errors() as error:
+        print(f"paycell: error: unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""The `paycell` command line, run in-process through `main(argv)` and as the console script."""
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paycell import Ledger, Transfer
+from paycell.adapters.cli.main import main
+from paycell.core.money import divide_half_even, fee_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BIG = 2**64 + 7  # ids and amounts wider than 64 bits stay JSON integers
+
+ACCOUNTS: list[dict[str, Any]] = [
+    {"id": 1, "ledger": 156, "code": 1},
+    {"id": 2, "ledger": 156, "code": 1, "flags": ["debits_must_not_exceed_credits", "history"]},
+    {"id": BIG, "ledger": 156, "code": 2, "user_data_128": BIG},
+]
+TRANSFERS: list[dict[str, Any]] = [
+    {"id": 10, "debit_account_id": 1, "credit_account_id": 2, "amount": BIG, "ledger": 156,
+     "code": 1},
+    {"id": 11, "debit_account_id": 2, "credit_account_id": BIG, "amount": 5, "ledger": 156,
+     "code": 1, "flags": ["linked"]},
+    {"id": 12, "debit_account_id": 2, "credit_account_id": 1, "amount": 7, "ledger": 156,
+     "code": 1, "flags": ["pending"], "timeout": 3600},
+]  # fmt: skip
+
+
+def write_lines(path: Path, objects: Sequence[Mapping[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects))
+    return str(path)
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], *argv: str, stdin: str | None = None
+) -> tuple[int, list[str], str]:
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(list(argv))
+    finally:
+        sys.stdin = sys.__stdin__
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+def results(lines: list[str]) -> list[tuple[int, int, str]]:
+    return [(r["index"], r["id"], r["result"]) for r in map(json.loads, lines)]
+
+
+def test_create_and_lookup_round_trip(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts_file = write_lines(tmp_path / "accounts.jsonl", ACCOUNTS)
+    code, out, _ = run(capsys, "--database", database_url, "ledger", "create-accounts",
+                       accounts_file)  # fmt: skip
+    assert code == 0
+    assert results(out) == [(0, 1, "ok"), (1, 2, "ok"), (2, BIG, "ok")]
+
+    # Transfers from stdin, the --database option after the subcommand.
+    stdin = "".join(json.dumps(t) + "\n" for t in TRANSFERS)
+    code, out, _ = run(capsys, "ledger", "create-transfers", "--database", database_url,
+                       stdin=stdin)  # fmt: skip
+    assert code == 0
+    assert results(out) == [(0, 10, "ok"), (1, 11, "ok"), (2, 12, "ok")]
+
+    code, out, _ = run(capsys, "--database", database_url, "ledger", "lookup-accounts",
+                       "1", "2", str(BIG))  # fmt: skip
+    assert code == 0
+    found = [json.loads(line) for line in out]
+    assert [a["id"] for a in found] == [1, 2, BIG]
+    assert found[1]["credits_posted"] == BIG
+    assert found[1]["debits_posted"] == 5
+    assert found[1]["debits_pending"] == 7
+    assert found[1]["flags"] == 2 | 8
+    assert found[2]["user_data_128"] == BIG
+    assert all(a["timestamp"] > 0 for a in found)
+
+    code, out, _ = run(capsys, "--database", database_url, "ledger", "lookup-transfers",
+                       "12", "10")  # fmt: skip
+    assert code == 0
+    looked_up = [json.loads(line) for line in out]
+    assert [t["id"] for t in looked_up] == [12, 10]
+    assert {**looked_up[1], "timestamp": 0} == Transfer(**TRANSFERS[0])._asdict()
+    assert looked_up[0]["flags"] == 2
+    assert looked_up[0]["timeout"] == 3600
+
+    # A replay of the same input returns exists and exit 0: nothing applies twice.
+    code, out, _ = run(capsys, "--database", database_url, "ledger", "create-transfers",
+                       stdin=stdin)  # fmt: skip
+    assert code == 0
+    assert {r for _, _, r in results(out)} <= {"exists", "linked_event_failed"}
+    with Ledger(database_url) as ledger:
+        assert ledger.lookup_accounts([2])[0].credits_posted == BIG
+
+    # A chain that links an existing transfer to a new one is not a replay: the new one is
+    # rejected (linked_event_failed) and the exit code says so.
+    chain = [{**TRANSFERS[1]}, {**TRANSFERS[2], "id": 13}]
+    code, out, _ = run(capsys, "--database", database_url, "ledger", "create-transfers",
+                       stdin="".join(json.dumps(t) + "\n" for t in chain))  # fmt: skip
+    assert code == 1
+    assert results(out) == [(0, 11, "exists"), (1, 13, "linked_event_failed")]
+
+
+def test_statements_and_queries(sqlite_url: str, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+        write_lines(tmp_path / "a.jsonl", ACCOUNTS))  # fmt: skip
+    run(capsys, "--database", sqlite_url, "ledger", "create-transfers",
+        write_lines(tmp_path / "t.jsonl", TRANSFERS))  # fmt: skip
+    database = ["--database", sqlite_url, "ledger"]
+
+    code, out, _ = run(capsys, *database, "account-transfers", "2")
+    assert code == 0
+    assert [json.loads(line)["id"] for line in out] == [10, 11, 12]
+    _, out, _ = run(capsys, *database, "account-transfers", "2", "--reversed", "--limit", "2")
+    assert [json.loads(line)["id"] for line in out] == [12, 11]
+    _, out, _ = run(capsys, *database, "account-transfers", "2", "--credits")
+    assert [json.loads(line)["id"] for line in out] == [10]
+    _, out, _ = run(capsys, *database, "account-transfers", "2", "--debits")
+    assert [json.loads(line)["id"] for line in out] == [11, 12]
+
+    _, out, _ = run(capsys, *database, "account-balances", "2")
+    balances = [json.loads(line) for line in out]
+    assert [b["credits_posted"] for b in balances] == [BIG, BIG, BIG]
+    assert [b["debits_posted"] for b in balances] == [0, 5, 5]
+    assert [b["debits_pending"] for b in balances] == [0, 0, 7]
+
+    _, out, _ = run(capsys, *database, "query-accounts", "--code", "2")
+    assert [json.loads(line)["id"] for line in out] == [BIG]
+    _, out, _ = run(capsys, *database, "query-accounts", "--user-data-128", str(BIG))
+    assert [json.loads(line)["id"] for line in out] == [BIG]
+    _, out, _ = run(capsys, *database, "query-transfers", "--ledger", "156", "--reversed")
+    assert [json.loads(line)["id"] for line in out] == [12, 11, 10]
+
+    code, out, _ = run(capsys, *database, "expire")
+    assert code == 0
+    assert json.loads(out[0]) == {"expired": 0}
+
+
+def test_rejected_events_exit_1_and_missing_ids_exit_1(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+        write_lines(tmp_path / "a.jsonl", ACCOUNTS[:2]))  # fmt: skip
+    transfers = [
+        {"id": 20, "debit_account_id": 2, "credit_account_id": 1, "amount": 1, "ledger": 156,
+         "code": 1},  # the guarded account 2 has nothing
+        {"id": 21, "debit_account_id": 1, "credit_account_id": 99, "amount": 1, "ledger": 156,
+         "code": 1},
+        {"id": 22, "debit_account_id": 1, "credit_account_id": 2, "amount": 3, "ledger": 156,
+         "code": 1},
+    ]  # fmt: skip
+    code, out, _ = run(capsys, "--database", sqlite_url, "ledger", "create-transfers",
+                       write_lines(tmp_path / "t.jsonl", transfers))  # fmt: skip
+    assert code == 1
+    assert results(out) == [
+        (0, 20, "exceeds_credits"),
+        (1, 21, "credit_account_not_found"),
+        (2, 22, "ok"),
+    ]
+    code, out, err = run(capsys, "--database", sqlite_url, "ledger", "lookup-transfers",
+                         "22", "21")  # fmt: skip
+    assert code == 1
+    assert [json.loads(line)["id"] for line in out] == [22]
+    assert "transfer 21: not found" in err
+
+
+def test_flags_as_names_or_integers_mean_the_same(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts: list[dict[str, Any]] = [
+        {"id": 1, "ledger": 840, "code": 1, "flags": ["linked", "History"]},
+        {"id": 2, "ledger": 840, "code": 1, "flags": "history"},
+        {"id": 3, "ledger": 840, "code": 1, "flags": 8},
+    ]
+    code, _, _ = run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+                     write_lines(tmp_path / "a.jsonl", accounts))  # fmt: skip
+    assert code == 0
+    with Ledger(sqlite_url) as ledger:
+        assert [a.flags for a in ledger.lookup_accounts([1, 2, 3])] == [9, 8, 8]
+
+
+BAD_TRANSFER_LINES = [
+    pytest.param('{"id": 30, "amount": -5}', "invalid_field", "amount", id="negative-amount"),
+    pytest.param('{"id": 30, "amont": 5}', "unknown_field", "amont", id="unknown-field"),
+    pytest.param('{"id": 30, "flags": ["pendng"]}', "unknown_flag", "pendng", id="unknown-flag"),
+    pytest.param('{"id": 30, "flags": [2]}', "unknown_flag", "flags", id="flag-not-a-name"),
+    pytest.param('{"id": 30, "amount": 1.5}', "invalid_field", "amount", id="float-amount"),
+    pytest.param('{"id": 30, "amount": "100"}', "invalid_field", "amount", id="string-amount"),
+    pytest.param('{"id": 30, "amount": true}', "invalid_field", "amount", id="bool-amount"),
+    pytest.param(f'{{"id": {2**128}}}', "invalid_field", "128", id="id-too-wide"),
+    pytest.param('{"id": 30, "code": 65536}', "invalid_field", "code", id="code-too-wide"),
+    pytest.param('{"amount": 5}', "invalid_field", "id", id="missing-id"),
+    pytest.param('{"id": 30,', "invalid_json", "line 3", id="truncated-json"),
+    pytest.param("[30]", "invalid_json", "object", id="not-an-object"),
+    pytest.param("\ufeffnonsense", "invalid_json", "line 3", id="not-json"),
+]
+
+
+@pytest.mark.parametrize(("bad_line", "code", "mention"), BAD_TRANSFER_LINES)
+def test_bad_input_exits_2_with_its_code_and_changes_nothing(
+    sqlite_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bad_line: str,
+    code: str,
+    mention: str,
+) -> None:
+    run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+        write_lines(tmp_path / "a.jsonl", ACCOUNTS[:2]))  # fmt: skip
+    good = [
+        json.dumps({"id": n, "debit_account_id": 1, "credit_account_id": 2, "amount": 1,
+                    "ledger": 156, "code": 1})
+        for n in (40, 41)
+    ]  # fmt: skip
+    (tmp_path / "t.jsonl").write_text("\n".join([*good, bad_line]) + "\n")
+    exit_code, out, err = run(capsys, "--database", sqlite_url, "ledger", "create-transfers",
+                              str(tmp_path / "t.jsonl"))  # fmt: skip
+    assert exit_code == 2
+    assert out == []
+    assert err.startswith(f"paycell: error: {code}: ")
+    assert mention in err
+    assert "Traceback" not in err
+    with Ledger(sqlite_url) as ledger:
+        assert ledger.lookup_transfers([40, 41]) == []
+
+
+def test_bad_input_after_a_full_batch_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = str(tmp_path / "fresh.db")
+    lines = [
+        json.dumps({"id": n, "debit_account_id": 1, "credit_account_id": 2, "amount": 1,
+                    "ledger": 156, "code": 1})
+        for n in range(1, 8_200)
+    ]  # fmt: skip
+    lines.append('{"id": 9000, "amount": -1}')
+    code, out, err = run(capsys, "--database", database, "ledger", "create-transfers",
+                         stdin="\n".join(lines))  # fmt: skip
+    assert code == 2
+    assert "event 8199: amount: must not be negative" in err
+    assert out == []
+    # The input is checked before the database is opened: not even an empty file appears.
+    assert not Path(database).exists()
+
+
+def test_more_than_one_batch_of_input_is_written_in_batches(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = [{"id": n, "ledger": 156, "code": 1} for n in range(1, 8_192 + 1)]
+    code, out, _ = run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+                       stdin="\n".join(map(json.dumps, accounts)))  # fmt: skip
+    assert code == 0
+    assert len(out) == 8_192
+    assert json.loads(out[-1]) == {"index": 8_191, "id": 8_192, "result": "ok"}
+    with Ledger(sqlite_url) as ledger:
+        report = ledger.verify()
+    assert report.journal_entries == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ledger", "lookup-accounts", "--", "-1"],
+        ["ledger", "lookup-accounts", "abc"],
+        ["ledger", "lookup-accounts", str(2**128)],
+        ["ledger", "account-transfers", "1", "--limit", "9000"],
+        ["ledger", "nonsense"],
+        ["bench", "ledger", "--batch-sizes", "0"],
+        ["bench", "ledger", "--batch-sizes", "8191"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, _, err = run(capsys, "--database", sqlite_url, *argv)
+    assert code == 2
+    assert "usage:" in err
+    assert "Traceback" not in err
+
+
+def test_reading_a_missing_database_or_input_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.db")
+    code, _, err = run(capsys, "--database", missing, "verify")
+    assert code == 2
+    assert "database_not_found" in err
+    code, _, err = run(capsys, "--database", missing, "ledger", "lookup-accounts", "1")
+    assert code == 2
+    code, _, err = run(capsys, "--database", missing, "ledger", "create-accounts",
+                       str(tmp_path / "nope.jsonl"))  # fmt: skip
+    assert code == 2
+    assert "unreadable_input" in err
+    assert not Path(missing).exists()
+
+
+def test_an_unreachable_postgres_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--database", "postgresql://nobody@127.0.0.1:1/none", "verify")
+    assert code == 3
+    assert err.startswith("paycell: error: unavailable: ")
+
+
+def test_database_defaults_to_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "from-env.db"
+    monkeypatch.setenv("PAYCELL_DATABASE_URL", str(database))
+    code, _, _ = run(capsys, "ledger", "create-accounts", stdin=json.dumps(ACCOUNTS[0]))
+    assert code == 0
+    assert database.exists()
+
+
+def test_verify_passes_then_fails_on_a_tampered_database(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "--database", sqlite_url, "ledger", "create-accounts",
+        write_lines(tmp_path / "a.jsonl", ACCOUNTS))  # fmt: skip
+    run(capsys, "--database", sqlite_url, "ledger", "create-transfers",
+        write_lines(tmp_path / "t.jsonl", TRANSFERS))  # fmt: skip
+    code, out, err = run(capsys, "--database", sqlite_url, "verify")
+    assert code == 0
+    assert out[-1].startswith("OK: every ledger balances")
+    assert "checking the journal's hash chain" in err  # progress goes to stderr
+
+    # Someone edits a balance behind the ledger's back.
+    connection = sqlite3.connect(sqlite_url)
+    with connection:
+        connection.execute("UPDATE accounts SET debits_posted = 6 WHERE id = 2")
+    connection.close()
+    code, out, _ = run(capsys, "--database", sqlite_url, "verify")
+    assert code == 1
+    assert any(line.startswith("FAILED") for line in out)
+    assert any("account 2" in line for line in out)
+
+
+def test_demo_runs_balances_and_verifies(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = database_url
+    code, out, err = run(capsys, "demo", "--database", database)
+    assert code == 0, err
+    text = "\n".join(out)
+    assert "CNY (ledger 156)" in text
+    assert "USD (ledger 840)" in text
+    assert "OK: every ledger balances, balances match the journal, chain intact" in text
+    assert "verifying the books" in err
+    # Fees earned match what the demo computed, per currency, to the minor unit.
+    fee_lines = [line for line in out if "fees earned" in line]
+    assert len(fee_lines) == 2
+    for line in fee_lines:
+        earned, expected = line.split("earned", 1)[1].split("(expected")
+        assert earned.strip() == expected.strip(" )")
+
+    # It runs again on the same database, as a second, separate run.
+    code, out, err = run(capsys, "demo", "--database", database)
+    assert code == 0, err
+    assert out[0].startswith("paycell demo, run 2")
+    with Ledger(database) as ledger:
+        assert ledger.verify().ok
+
+
+def test_fees_round_half_even() -> None:
+    assert divide_half_even(5, 10) == 0
+    assert divide_half_even(15, 10) == 2
+    assert divide_half_even(25, 10) == 2
+    assert divide_half_even(26, 10) == 3
+    assert fee_for(12_50, 60) == 8  # 7.5 fen rounds to the even 8
+    assert fee_for(14_17, 60) == 9  # 8.502 fen
+    assert fee_for(10_25, 60) == 6  # 6.15 fen
+    assert fee_for(10_000 * 2**70 + 5_000, 1) == 2**70  # beyond 64 bits: 0.5 rounds to even
+
+
+def test_bench_prints_one_json_line_per_configuration(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(
+        capsys, "bench", "ledger", "--backend", "sqlite", "--batch-sizes", "1,25",
+        "--transfers", "50", "--runs", "2", "--accounts", "100",
+    )  # fmt: skip
+    assert code == 0, err
+    figures = [json.loads(line) for line in out]
+    assert [(f["batch_size"], f["pattern"]) for f in figures] == [
+        (1, "random"), (1, "hot"), (25, "random"), (25, "hot"),
+    ]  # fmt: skip
+    for f in figures:
+        assert f["bench"] == "ledger"
+        assert f["backend"] == "sqlite"
+        assert f["transfers"] == 100
+        assert f["runs"] == 2
+        assert len(f["transfers_per_second_runs"]) == 2
+        assert f["transfers_per_second_median"] > 0
+        assert 0 < f["batch_latency_ms_p50"] <= f["batch_latency_ms_p99"]
+        assert f["peak_rss_mb"] > 0
+    assert "sqlite batch_size=1 pattern=random" in err
+
+
+def _subprocess_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+
+
+def test_console_script_and_bench_script(tmp_path: Path) -> None:
+    # `python -m paycell.adapters.cli.main` is what the `paycell` console script runs.
+    bad = subprocess.run(
+        [sys.executable, "-m", "paycell.adapters.cli.main", "--database",
+         str(tmp_path / "x.db"), "ledger", "create-transfers", "-"],
+        input='{"id": 1, "amount": -1}\n', capture_output=True, text=True,
+        env=_subprocess_environment(), check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "invalid_field" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    bench = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ledger.py"), "--backend", "sqlite",
+         "--batch-sizes", "10", "--transfers", "20", "--runs", "1", "--accounts", "10",
+         "--patterns", "hot"],
+        capture_output=True, text=True, env=_subprocess_environment(), check=False,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    (line,) = bench.stdout.splitlines()
+    assert json.loads(line)["pattern"] == "hot"
