@@ -142,6 +142,10 @@ def encode(value: int) -> int | bytes:
     return value if value < _INT64_LIMIT else value.to_bytes(16, "big")
 
 
+def _encode_transfer(t: Transfer) -> tuple[int | bytes, ...]:
+    return (*(encode(value) for value in t[:7]), *t[7:])
+
+
 def decode(value: int | bytes) -> int:
     return value if type(value) is int else int.from_bytes(value, "big")  # type: ignore[arg-type]
 
@@ -284,24 +288,14 @@ class _SqliteWriteUnit:
                 ],
             )
         if batch.transfers_created:
+            # A Transfer's field order is the column order, so a record whose 128-bit fields
+            # all fit in an INTEGER (the common case) is bound as it is, unconverted.
             connection.executemany(
                 f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (
-                        encode(t.id),
-                        encode(t.debit_account_id),
-                        encode(t.credit_account_id),
-                        encode(t.amount),
-                        encode(t.pending_id),
-                        encode(t.user_data_128),
-                        encode(t.user_data_64),
-                        t.user_data_32,
-                        t.timeout,
-                        t.ledger,
-                        t.code,
-                        t.flags,
-                        t.timestamp,
-                    )
+                    t
+                    if (t[0] | t[1] | t[2] | t[3] | t[4] | t[5] | t[6]) < _INT64_LIMIT
+                    else _encode_transfer(t)
                     for t in batch.transfers_created
                 ],
             )
