@@ -60,8 +60,8 @@ class LedgerService:
     def create_accounts(self, events: Iterable[Account]) -> list[CreateAccountResult]:
         batch = validate_accounts(events)
         committed: list[CommittedBatch] = []
-        with self._unit_of_work(committed) as (unit, meta):
-            meta = self._expire_due(unit, meta, committed)
+        with self.unit_of_work(committed) as (unit, meta):
+            meta = self.expire_due(unit, meta, committed)
             existing = self._accounts(unit, {a.id for a in batch})
             outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
             if outcome.committed is not None:
@@ -72,8 +72,8 @@ class LedgerService:
     def create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
         batch = validate_transfers(events)
         committed: list[CommittedBatch] = []
-        with _garbage_collection_paused(), self._unit_of_work(committed) as (unit, meta):
-            meta = self._expire_due(unit, meta, committed)
+        with _garbage_collection_paused(), self.unit_of_work(committed) as (unit, meta):
+            meta = self.expire_due(unit, meta, committed)
             prefetched = self._prefetch(unit, batch)
             outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
             if outcome.committed is not None:
@@ -81,15 +81,33 @@ class LedgerService:
                 committed.append(outcome.committed)
         return outcome.results
 
+    def apply_transfers_in_unit(
+        self, unit: WriteUnit, meta: LedgerMeta, events: Sequence[Transfer]
+    ) -> tuple[list[CreateTransferResult], CommittedBatch | None]:
+        """Run a batch inside a caller's unit of work without saving it: the caller saves the
+        outcome with its own records, or drops it, and commits once."""
+        batch = validate_transfers(events)
+        prefetched = self._prefetch(unit, batch)
+        outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
+        return outcome.results, outcome.committed
+
+    def apply_accounts_in_unit(
+        self, unit: WriteUnit, meta: LedgerMeta, events: Sequence[Account]
+    ) -> tuple[list[CreateAccountResult], CommittedBatch | None]:
+        batch = validate_accounts(events)
+        existing = self._accounts(unit, {a.id for a in batch})
+        outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
+        return outcome.results, outcome.committed
+
     def expire_pending_transfers(self) -> int:
         """Expire every pending transfer whose timeout has passed; return how many."""
         committed: list[CommittedBatch] = []
-        with self._unit_of_work(committed) as (unit, meta):
-            self._expire_due(unit, meta, committed)
+        with self.unit_of_work(committed) as (unit, meta):
+            self.expire_due(unit, meta, committed)
         return sum(len(batch.expiries) for batch in committed)
 
     @contextmanager
-    def _unit_of_work(
+    def unit_of_work(
         self, committed: list[CommittedBatch]
     ) -> Iterator[tuple[WriteUnit, LedgerMeta]]:
         """One write transaction; the account cache learns its outcome only once committed."""
@@ -112,7 +130,7 @@ class LedgerService:
             found.update(read)
         return found
 
-    def _expire_due(
+    def expire_due(
         self, unit: WriteUnit, meta: LedgerMeta, committed: list[CommittedBatch]
     ) -> LedgerMeta:
         while True:

@@ -1,0 +1,1 @@
+"""Bank and card channels: the platform's doors to money outside it."""

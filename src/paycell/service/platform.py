@@ -1,0 +1,697 @@
+"""The payment platform's command handlers: prefetch, decide (pure), apply, commit once.
+
+Each command runs in one unit of work under the ledger's writer lock:
+1. expire due pending transfers (the ledger's own housekeeping);
+2. read the records the command needs and call the pure flow (`core.payments.flows`);
+3. run the flow's transfers through the ledger state machine in the same unit;
+4. if the ledger accepts every transfer, save its outcome and the flow's records together and
+   commit; if it rejects one (a wallet short of funds), save nothing of the command.
+
+So an order is paid in the same commit that moves the money, or not at all, and a retried
+command finds the records it already wrote and answers as before (`Decision.replayed`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol, cast
+
+from paycell.core.batch import CommittedBatch
+from paycell.core.currency import Currency, currency_for_code, currency_for_ledger
+from paycell.core.payments import chart, flows
+from paycell.core.payments.outcomes import Decision, PaymentError, rejected
+from paycell.core.payments.records import (
+    ChannelRequest,
+    ChannelRequestKind,
+    Merchant,
+    Order,
+    PartyKind,
+    PaymentMode,
+    Refund,
+    User,
+    WebhookEvent,
+)
+from paycell.core.results import CreateAccountResult, CreateTransferResult
+from paycell.core.types import Account, Transfer
+from paycell.service.ledger_service import Clock, LedgerService
+from paycell.service.platform_ports import (
+    ApiKey,
+    IdempotencyRecord,
+    PlatformStore,
+    PlatformWriteUnit,
+)
+
+# How many due records one scheduler pass handles per job; the next pass takes the rest.
+SCHEDULER_BATCH_MAX: Final = 500
+# A page of a list endpoint holds at most this many records.
+PAGE_LIMIT_MAX: Final = 500
+DEFAULT_CHANNEL_NUMBER: Final = 1
+NANOSECONDS_PER_DAY: Final = 86_400 * 1_000_000_000
+
+
+class BankChannel(Protocol):
+    """What the platform needs from a bank: take an instruction; answer later, by callback."""
+
+    number: int
+
+    def initiate(self, request: ChannelRequest) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformConfig:
+    currencies: tuple[str, ...] = ("CNY",)
+    order_timeout_seconds: int = flows.DEFAULT_ORDER_TIMEOUT_SECONDS
+    auto_confirm_seconds: int = flows.DEFAULT_AUTO_CONFIRM_SECONDS
+    refund_period_seconds: int = flows.DEFAULT_REFUND_PERIOD_SECONDS
+    channel_number: int = DEFAULT_CHANNEL_NUMBER
+
+    @property
+    def ledgers(self) -> tuple[int, ...]:
+        return tuple(currency_for_code(code).ledger for code in self.currencies)
+
+
+class PlatformInvariantError(Exception):
+    """A broken contract between the platform and its ledger: a bug, never a business outcome."""
+
+
+@dataclass(slots=True)
+class SchedulerReport:
+    closed_orders: int = 0
+    auto_confirmed: int = 0
+    finished_trades: int = 0
+    expired_pending_transfers: int = 0
+    payouts_started: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+_LEDGER_REJECTIONS: Final = {
+    CreateTransferResult.EXCEEDS_CREDITS: PaymentError.INSUFFICIENT_FUNDS,
+}
+
+
+class PlatformService:
+    def __init__(
+        self,
+        store: PlatformStore,
+        clock: Clock,
+        channel: BankChannel,
+        config: PlatformConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.channel = channel
+        self.config = config or PlatformConfig()
+        self.ledger = LedgerService(store, clock)
+        self._initialize_platform_accounts()
+
+    # -------------------------------------------------------------------------- machinery
+
+    def _run(self, decide: Callable[[PlatformWriteUnit, int], Decision]) -> Decision:
+        committed: list[CommittedBatch] = []
+        with self.ledger.unit_of_work(committed) as (ledger_unit, meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            meta = self.ledger.expire_due(unit, meta, committed)
+            decision = decide(unit, self.clock())
+            if not decision.ok or decision.replayed:
+                return decision
+            if decision.transfers:
+                results, batch = self.ledger.apply_transfers_in_unit(unit, meta, decision.transfers)
+                problem = self._ledger_problem(decision.transfers, results)
+                if problem is not None:
+                    return problem
+                if batch is not None:
+                    unit.save(batch)
+                    committed.append(batch)
+            unit.save_records(decision)
+        return decision
+
+    @staticmethod
+    def _ledger_problem(
+        transfers: Sequence[Transfer], results: Sequence[CreateTransferResult]
+    ) -> Decision | None:
+        for transfer, result in zip(transfers, results, strict=True):
+            if result in (
+                CreateTransferResult.OK,
+                CreateTransferResult.EXISTS,
+                CreateTransferResult.LINKED_EVENT_FAILED,
+            ):
+                continue
+            error = _LEDGER_REJECTIONS.get(result)
+            if error is None:
+                raise PlatformInvariantError(
+                    f"the ledger rejected platform transfer {transfer.id} with {result.value}"
+                )
+            code, ledger, owner = chart.describe_account_id(transfer.debit_account_id)
+            return rejected(
+                error,
+                f"{code.name.lower().replace('_', ' ')} {owner} has too little "
+                f"{_currency_code(ledger)} for this",
+            )
+        return None
+
+    def _create_accounts(self, accounts: list[Account]) -> None:
+        committed: list[CommittedBatch] = []
+        with self.ledger.unit_of_work(committed) as (unit, meta):
+            results, batch = self.ledger.apply_accounts_in_unit(unit, meta, accounts)
+            for account, result in zip(accounts, results, strict=True):
+                if result not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
+                    raise PlatformInvariantError(f"account {account.id}: {result.value}")
+            if batch is not None:
+                unit.save(batch)
+                committed.append(batch)
+
+    def _initialize_platform_accounts(self) -> None:
+        accounts: list[Account] = []
+        for ledger in self.config.ledgers:
+            accounts.extend(chart.platform_accounts(ledger, (self.config.channel_number,)))
+        self._create_accounts(accounts)
+
+    def _event(
+        self, unit: PlatformWriteUnit, merchant_id: int, kind: str, body: str, now: int
+    ) -> WebhookEvent:
+        return WebhookEvent(unit.next_id("event"), merchant_id, kind, body, now)
+
+    # ---------------------------------------------------------------------------- parties
+
+    def create_user(self, name: str) -> User:
+        """A new user with a wallet in every configured currency."""
+        with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            user = User(unit.next_id("user"), name, self.clock())
+            unit.save_records(Decision(users=[user]))
+        self._create_accounts(
+            [
+                chart.chart_account(chart.AccountCode.USER_WALLET, ledger, user.id)
+                for ledger in self.config.ledgers
+            ]
+        )
+        return user
+
+    def create_merchant(
+        self,
+        name: str,
+        *,
+        fee_rate_basis_points: int,
+        settlement_bank_account: str,
+        webhook_url: str = "",
+        webhook_secret: str = "",
+        daily_payout: bool = True,
+    ) -> Merchant:
+        if not 0 <= fee_rate_basis_points <= 10_000:
+            raise ValueError("fee_rate_basis_points must be between 0 and 10000")
+        with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            merchant = Merchant(
+                id=unit.next_id("merchant"),
+                name=name,
+                fee_rate_basis_points=fee_rate_basis_points,
+                settlement_bank_account=settlement_bank_account,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                created_at=self.clock(),
+                daily_payout=daily_payout,
+            )
+            unit.save_records(Decision(merchants=[merchant]))
+        self._create_accounts(
+            [
+                chart.chart_account(chart.AccountCode.MERCHANT_BALANCE, ledger, merchant.id)
+                for ledger in self.config.ledgers
+            ]
+        )
+        return merchant
+
+    # ----------------------------------------------------------------------------- orders
+
+    def create_order(
+        self,
+        merchant_id: int,
+        out_trade_no: str,
+        amount: int,
+        *,
+        currency: str = "CNY",
+        subject: str = "",
+        mode: PaymentMode = PaymentMode.DIRECT,
+        timeout_seconds: int | None = None,
+        auto_confirm_seconds: int | None = None,
+    ) -> Decision:
+        currency_record = self._currency(currency)
+        if currency_record is None:
+            return rejected(
+                PaymentError.UNSUPPORTED_CURRENCY,
+                f"currency {currency!r} is not enabled "
+                f"(enabled: {', '.join(self.config.currencies)})",
+            )
+
+        def decide(unit: PlatformWriteUnit, now: int) -> Decision:
+            existing = unit.order_by_out_trade_no(merchant_id, out_trade_no)
+            decision = flows.create_order(
+                merchant=unit.merchant(merchant_id),
+                existing=existing,
+                new_order_id=0 if existing else unit.next_id("order"),
+                out_trade_no=out_trade_no,
+                ledger=currency_record.ledger,
+                amount=amount,
+                subject=subject,
+                mode=mode,
+                timeout_seconds=timeout_seconds or self.config.order_timeout_seconds,
+                auto_confirm_seconds=auto_confirm_seconds or self.config.auto_confirm_seconds,
+                refund_period_seconds=self.config.refund_period_seconds,
+                now=now,
+            )
+            return decision
+
+        return self._run(decide)
+
+    def _order_command(
+        self,
+        order_id: int,
+        merchant_id: int | None,
+        act: Callable[[PlatformWriteUnit, Order, int], Decision],
+    ) -> Decision:
+        def decide(unit: PlatformWriteUnit, now: int) -> Decision:
+            order = unit.order(order_id)
+            if order is None or (merchant_id is not None and order.merchant_id != merchant_id):
+                return rejected(PaymentError.ORDER_NOT_FOUND, f"no order {order_id}")
+            decision = act(unit, order, now)
+            if decision.ok and not decision.replayed:
+                decision.events.extend(
+                    self._event(unit, o.merchant_id, _event_type(order, o), _order_body(o), now)
+                    for o in decision.orders
+                    if _event_type(order, o)
+                )
+            return decision
+
+        return self._run(decide)
+
+    def pay_order(self, order_id: int, buyer_id: int) -> Decision:
+        """The buyer pays the order from their wallet (direct or into escrow)."""
+
+        def act(unit: PlatformWriteUnit, order: Order, now: int) -> Decision:
+            merchant = unit.merchant(order.merchant_id)
+            assert merchant is not None
+            return flows.pay_order(
+                order=order, merchant=merchant, buyer=unit.user(buyer_id), now=now
+            )
+
+        return self._order_command(order_id, None, act)
+
+    def cancel_order(self, order_id: int, merchant_id: int) -> Decision:
+        return self._order_command(
+            order_id,
+            merchant_id,
+            lambda unit, order, now: flows.close_order(order=order, now=now, reason="cancelled"),
+        )
+
+    def confirm_receipt(self, order_id: int, buyer_id: int) -> Decision:
+        return self._order_command(
+            order_id,
+            None,
+            lambda unit, order, now: flows.confirm_receipt(order=order, buyer_id=buyer_id, now=now),
+        )
+
+    def open_refund_request(self, order_id: int, buyer_id: int) -> Decision:
+        return self._order_command(
+            order_id,
+            None,
+            lambda unit, order, now: flows.open_refund_request(
+                order=order, buyer_id=buyer_id, now=now
+            ),
+        )
+
+    def reject_refund_request(self, order_id: int, merchant_id: int) -> Decision:
+        return self._order_command(
+            order_id,
+            merchant_id,
+            lambda unit, order, now: flows.reject_refund_request(order=order, now=now),
+        )
+
+    def refund(
+        self,
+        order_id: int,
+        merchant_id: int,
+        out_request_no: str,
+        amount: int,
+        reason: str = "",
+    ) -> Decision:
+        """Refund part or all of a paid order; the same out_request_no is applied once."""
+
+        def act(unit: PlatformWriteUnit, order: Order, now: int) -> Decision:
+            existing = next(
+                (r for r in unit.refunds_of_order(order.id) if r.out_request_no == out_request_no),
+                None,
+            )
+            decision = flows.refund(
+                order=order,
+                existing=existing,
+                new_refund_id=0 if existing else unit.next_id("refund"),
+                out_request_no=out_request_no,
+                amount=amount,
+                reason=reason,
+                now=now,
+            )
+            if decision.ok and not decision.replayed:
+                decision.events.extend(
+                    self._event(unit, r.merchant_id, "refund.succeeded", _refund_body(r), now)
+                    for r in decision.refunds
+                )
+            return decision
+
+        return self._order_command(order_id, merchant_id, act)
+
+    # ------------------------------------------------------------------------ bank channel
+
+    def _channel_command(
+        self,
+        kind: ChannelRequestKind,
+        party_kind: PartyKind,
+        party_id: int,
+        request_no: str,
+        amount: int | None,
+        currency: str,
+    ) -> Decision:
+        currency_record = self._currency(currency)
+        if currency_record is None:
+            return rejected(
+                PaymentError.UNSUPPORTED_CURRENCY, f"currency {currency!r} is not enabled"
+            )
+        ledger = currency_record.ledger
+
+        def decide(unit: PlatformWriteUnit, now: int) -> Decision:
+            party_exists = (
+                unit.user(party_id) if party_kind is PartyKind.USER else unit.merchant(party_id)
+            )
+            if party_exists is None:
+                error = (
+                    PaymentError.USER_NOT_FOUND
+                    if party_kind is PartyKind.USER
+                    else PaymentError.MERCHANT_NOT_FOUND
+                )
+                return rejected(error, f"no {party_kind.value} {party_id}")
+            existing = unit.channel_request_by_request_no(party_kind, party_id, kind, request_no)
+            wanted = amount
+            if wanted is None:
+                # "Everything available": the balance as of this unit, under the writer lock.
+                account_id = chart.merchant_balance(party_id, ledger)
+                account = self.ledger._accounts(unit, [account_id]).get(account_id)
+                wanted = (
+                    account.credits_posted - account.debits_posted - account.debits_pending
+                    if account
+                    else 0
+                )
+                if existing is not None:
+                    wanted = existing.amount
+                if wanted <= 0:
+                    return rejected(PaymentError.NOTHING_TO_PAY_OUT, "the balance is zero")
+            return flows.request_channel_transfer(
+                kind=kind,
+                party_kind=party_kind,
+                party_id=party_id,
+                existing=existing,
+                new_request_id=0 if existing else unit.next_id("channel_request"),
+                request_no=request_no,
+                ledger=ledger,
+                amount=wanted,
+                channel_number=self.config.channel_number,
+                now=now,
+            )
+
+        decision = self._run(decide)
+        if decision.ok and not decision.replayed:
+            for request in decision.channel_requests:
+                self.channel.initiate(request)
+        return decision
+
+    def request_top_up(
+        self, user_id: int, request_no: str, amount: int, currency: str = "CNY"
+    ) -> Decision:
+        return self._channel_command(
+            ChannelRequestKind.TOP_UP, PartyKind.USER, user_id, request_no, amount, currency
+        )
+
+    def request_withdrawal(
+        self, user_id: int, request_no: str, amount: int, currency: str = "CNY"
+    ) -> Decision:
+        return self._channel_command(
+            ChannelRequestKind.WITHDRAWAL, PartyKind.USER, user_id, request_no, amount, currency
+        )
+
+    def request_payout(
+        self, merchant_id: int, request_no: str, amount: int | None = None, currency: str = "CNY"
+    ) -> Decision:
+        """Pay a merchant's balance out to its bank; `amount` None pays out all available."""
+        return self._channel_command(
+            ChannelRequestKind.PAYOUT, PartyKind.MERCHANT, merchant_id, request_no, amount, currency
+        )
+
+    def channel_callback(
+        self, channel_reference: str, succeeded: bool, amount: int, failure_reason: str = ""
+    ) -> Decision:
+        """The bank's answer to an instruction (already authenticated by the channel adapter)."""
+
+        def decide(unit: PlatformWriteUnit, now: int) -> Decision:
+            request = unit.channel_request_by_reference(channel_reference)
+            if request is None:
+                return rejected(
+                    PaymentError.CHANNEL_REQUEST_NOT_FOUND, f"no request {channel_reference!r}"
+                )
+            decision = flows.channel_callback(
+                request=request,
+                succeeded=succeeded,
+                amount=amount,
+                channel_number=self.config.channel_number,
+                now=now,
+                failure_reason=failure_reason,
+            )
+            if decision.ok and not decision.replayed and request.party_kind is PartyKind.MERCHANT:
+                decision.events.extend(
+                    self._event(
+                        unit, r.party_id, f"payout.{r.status.value.lower()}", _channel_body(r), now
+                    )
+                    for r in decision.channel_requests
+                )
+            return decision
+
+        return self._run(decide)
+
+    # --------------------------------------------------------------------------- scheduler
+
+    def run_scheduler(self) -> SchedulerReport:
+        """One pass of every time-driven job: close unpaid orders past their time, release
+        escrow past its auto-confirm time, finish trades past their refund period, expire
+        pending transfers. Each change is its own command, so several processes running the
+        scheduler at once apply each change exactly once (the second finds it done)."""
+        report = SchedulerReport()
+        now = self.clock()
+        report.expired_pending_transfers = self.ledger.expire_pending_transfers()
+        for order in self._due(lambda unit: unit.unpaid_orders_due(now, SCHEDULER_BATCH_MAX)):
+            decision = self._order_command(
+                order.id,
+                None,
+                lambda unit, current, at: (
+                    flows.close_order(order=current, now=at, reason="expired")
+                    if current.status.value == "WAIT_BUYER_PAY" and current.expires_at <= at
+                    else Decision(orders=[current], replayed=True)
+                ),
+            )
+            report.closed_orders += int(decision.ok and not decision.replayed)
+        for order in self._due(lambda unit: unit.escrow_releases_due(now, SCHEDULER_BATCH_MAX)):
+            decision = self._order_command(
+                order.id,
+                None,
+                lambda unit, current, at: (
+                    flows.confirm_receipt(order=current, buyer_id=None, now=at)
+                    if current.escrow_state.value == "held" and 0 < current.auto_confirm_at <= at
+                    else Decision(orders=[current], replayed=True)
+                ),
+            )
+            report.auto_confirmed += int(decision.ok and not decision.replayed)
+            if not decision.ok:
+                report.errors.append(f"auto-confirm order {order.id}: {decision.message}")
+        for order in self._due(lambda unit: unit.trades_to_finish(now, SCHEDULER_BATCH_MAX)):
+            decision = self._order_command(
+                order.id,
+                None,
+                lambda unit, current, at: (
+                    flows.finish_trade(order=current, now=at)
+                    if current.status.value == "TRADE_SUCCESS"
+                    and 0 < current.refundable_until <= at
+                    else Decision(orders=[current], replayed=True)
+                ),
+            )
+            report.finished_trades += int(decision.ok and not decision.replayed)
+        return report
+
+    def _due(self, query: Callable[[PlatformWriteUnit], list[Order]]) -> list[Order]:
+        with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            return query(unit)
+
+    def settle_day(self, day_start: int, currency: str = "CNY") -> list[Decision]:
+        """Daily settlement for the day starting at `day_start` (nanoseconds, UTC midnight):
+        every merchant with daily payout and a positive balance gets a payout of everything
+        available, numbered by the day, so a second run the same day pays nothing twice."""
+        day_number = day_start // NANOSECONDS_PER_DAY
+        decisions: list[Decision] = []
+        after_id = 0
+        while True:
+            with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+                unit = cast(PlatformWriteUnit, ledger_unit)
+                merchants = unit.merchants_page(after_id, SCHEDULER_BATCH_MAX)
+            if not merchants:
+                return decisions
+            for merchant in merchants:
+                if merchant.daily_payout:
+                    decision = self.request_payout(
+                        merchant.id, f"settlement-{day_number}", None, currency
+                    )
+                    if decision.error is not PaymentError.NOTHING_TO_PAY_OUT:
+                        decisions.append(decision)
+            after_id = merchants[-1].id
+
+    # ------------------------------------------------------------------ API keys, idempotency
+
+    def issue_api_key(self, party_kind: PartyKind, party_id: int) -> str:
+        """A new secret API key for a user or merchant. Only its SHA-256 is stored: the key is
+        shown once, here."""
+        key = f"pk_{party_kind.value}_{secrets.token_urlsafe(24)}"
+        with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            unit.save_api_key(ApiKey(party_kind, party_id, _key_hash(key), self.clock()))
+        return key
+
+    def authenticate(self, api_key: str) -> tuple[PartyKind, int] | None:
+        """The party an API key belongs to, or None for an unknown key."""
+        return self.store.party_for_api_key(_key_hash(api_key))
+
+    def idempotency_record(
+        self, party_kind: PartyKind, party_id: int, key: str
+    ) -> IdempotencyRecord | None:
+        return self.store.idempotency_record(party_kind, party_id, key)
+
+    def save_idempotency_record(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        """Keep a POST's first response; if another request with the same key got there first,
+        return that one (the caller answers with it)."""
+        with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            existing = unit.idempotency_record(record.party_kind, record.party_id, record.key)
+            if existing is not None:
+                return existing
+            unit.save_idempotency_record(record)
+        return record
+
+    # ----------------------------------------------------------------------------- reads
+
+    def get_order(self, order_id: int) -> Order | None:
+        return self.store.order(order_id)
+
+    def get_order_by_out_trade_no(self, merchant_id: int, out_trade_no: str) -> Order | None:
+        return self.store.order_by_out_trade_no(merchant_id, out_trade_no)
+
+    def list_orders(self, merchant_id: int, after_id: int = 0, limit: int = 100) -> list[Order]:
+        return self.store.orders_of_merchant(merchant_id, after_id, min(limit, PAGE_LIMIT_MAX))
+
+    def refunds_of_order(self, order_id: int) -> list[Refund]:
+        return self.store.refunds_of_order(order_id)
+
+    def get_channel_request(self, request_id: int) -> ChannelRequest | None:
+        return self.store.channel_request(request_id)
+
+    def list_channel_requests(
+        self, party_kind: PartyKind, party_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[ChannelRequest]:
+        return self.store.channel_requests_of_party(
+            party_kind, party_id, after_id, min(limit, PAGE_LIMIT_MAX)
+        )
+
+    def get_user(self, user_id: int) -> User | None:
+        return self.store.user(user_id)
+
+    def get_merchant(self, merchant_id: int) -> Merchant | None:
+        return self.store.merchant(merchant_id)
+
+    def webhook_events(
+        self, merchant_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[WebhookEvent]:
+        return self.store.webhook_events_of_merchant(
+            merchant_id, after_id, min(limit, PAGE_LIMIT_MAX)
+        )
+
+    def balance(
+        self, party_kind: PartyKind, party_id: int, currency: str = "CNY"
+    ) -> Account | None:
+        currency_record = self._currency(currency)
+        if currency_record is None:
+            return None
+        account_id = (
+            chart.user_wallet(party_id, currency_record.ledger)
+            if party_kind is PartyKind.USER
+            else chart.merchant_balance(party_id, currency_record.ledger)
+        )
+        found = self.ledger.lookup_accounts([account_id])
+        return found[0] if found else None
+
+    def _currency(self, code: str) -> Currency | None:
+        if code.upper() not in self.config.currencies:
+            return None
+        return currency_for_code(code)
+
+
+def _key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _currency_code(ledger: int) -> str:
+    return currency_for_ledger(ledger).code
+
+
+def _event_type(before: Order, after: Order) -> str:
+    if before.status != after.status:
+        return {
+            "TRADE_SUCCESS": "payment.succeeded",
+            "TRADE_CLOSED": "order.closed",
+            "TRADE_FINISHED": "trade.finished",
+        }.get(after.status.value, "")
+    if before.escrow_state != after.escrow_state and after.escrow_state.value == "released":
+        return "escrow.released"
+    return ""
+
+
+def _order_body(order: Order) -> str:
+    return json.dumps(
+        {
+            "order_id": order.id,
+            "out_trade_no": order.out_trade_no,
+            "status": order.status.value,
+            "amount": order.amount,
+            "currency": _currency_code(order.ledger),
+            "fee": order.fee,
+            "escrow_state": order.escrow_state.value,
+            "refunded_amount": order.refunded_amount,
+        },
+        sort_keys=True,
+    )
+
+
+def _refund_body(refund: Refund) -> str:
+    return json.dumps(dataclasses.asdict(refund), sort_keys=True)
+
+
+def _channel_body(request: ChannelRequest) -> str:
+    return json.dumps(
+        {
+            "request_id": request.id,
+            "request_no": request.request_no,
+            "kind": request.kind.value,
+            "status": request.status.value,
+            "amount": request.amount,
+            "currency": _currency_code(request.ledger),
+            "failure_reason": request.failure_reason,
+        },
+        sort_keys=True,
+    )
+
+
+__all__ = ["BankChannel", "PlatformConfig", "PlatformService", "SchedulerReport"]
