@@ -33,6 +33,7 @@ from paycell.core.types import (
     TransferFlags,
 )
 from paycell.ledger import Ledger
+from paycell.platform import Platform
 from paycell.service.verify import VerifyReport
 
 __version__ = "0.1.0"
@@ -56,6 +57,7 @@ __all__ = [
     "InvalidInputError",
     "Ledger",
     "PaycellError",
+    "Platform",
     "QueryFilter",
     "QueryFilterFlags",
     "Transfer",

@@ -24,6 +24,7 @@ EXPECTED_EXPORTS = [
     "InvalidInputError",
     "Ledger",
     "PaycellError",
+    "Platform",
     "QueryFilter",
     "QueryFilterFlags",
     "Transfer",
