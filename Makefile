@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 postgres:
 	@bash scripts/ensure-postgres.sh
 
+# The demo starts from a fresh database each time.
 demo: venv
+	rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	$(BIN)/paycell demo --database $(DEMO_DB)
 
 lint: venv
