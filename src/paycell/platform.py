@@ -48,7 +48,9 @@ class Platform(PlatformService):
     def channel_callback_message(self, body: str, signature: str) -> Decision:
         """A callback as it arrives from the bank: verified, parsed, then applied."""
         if not self.bank.verify(Callback(body, signature)):
-            return rejected(PaymentError.CHANNEL_CALLBACK_CONFLICT, "bad channel signature")
+            return rejected(
+                PaymentError.INVALID_CHANNEL_SIGNATURE, "the callback's signature does not verify"
+            )
         try:
             reference, succeeded, amount, reason = parse_callback(body)
         except ValueError as problem:

@@ -42,7 +42,9 @@ from paycell.service.platform_ports import (
     IdempotencyRecord,
     PlatformStore,
     PlatformWriteUnit,
+    WebhookDelivery,
 )
+from paycell.service.webhooks import WebhookService
 
 # How many due records one scheduler pass handles per job; the next pass takes the rest.
 SCHEDULER_BATCH_MAX: Final = 500
@@ -83,7 +85,6 @@ class SchedulerReport:
     auto_confirmed: int = 0
     finished_trades: int = 0
     expired_pending_transfers: int = 0
-    payouts_started: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -105,6 +106,7 @@ class PlatformService:
         self.channel = channel
         self.config = config or PlatformConfig()
         self.ledger = LedgerService(store, clock)
+        self.webhooks = WebhookService(store, self.ledger, clock)
         self._initialize_platform_accounts()
 
     # -------------------------------------------------------------------------- machinery
@@ -256,8 +258,16 @@ class PlatformService:
                 amount=amount,
                 subject=subject,
                 mode=mode,
-                timeout_seconds=timeout_seconds or self.config.order_timeout_seconds,
-                auto_confirm_seconds=auto_confirm_seconds or self.config.auto_confirm_seconds,
+                timeout_seconds=(
+                    self.config.order_timeout_seconds
+                    if timeout_seconds is None
+                    else timeout_seconds
+                ),
+                auto_confirm_seconds=(
+                    self.config.auto_confirm_seconds
+                    if auto_confirm_seconds is None
+                    else auto_confirm_seconds
+                ),
                 refund_period_seconds=self.config.refund_period_seconds,
                 now=now,
             )
@@ -611,6 +621,13 @@ class PlatformService:
 
     def get_merchant(self, merchant_id: int) -> Merchant | None:
         return self.store.merchant(merchant_id)
+
+    def replay_webhook(self, merchant_id: int, event_id: int) -> WebhookDelivery:
+        """Send one of the merchant's events again (raises WebhookEventNotFoundError)."""
+        return self.webhooks.replay(merchant_id, event_id)
+
+    def webhook_delivery(self, event_id: int) -> WebhookDelivery | None:
+        return self.store.webhook_delivery(event_id)
 
     def webhook_events(
         self, merchant_id: int, after_id: int = 0, limit: int = 100

@@ -33,6 +33,7 @@ EXIT_BAD_INPUT: Final = 2
 EXIT_UNAVAILABLE: Final = 3
 
 DATABASE_ENVIRONMENT_VARIABLE: Final = "PAYCELL_DATABASE_URL"
+ADMIN_KEY_ENVIRONMENT_VARIABLE: Final = "PAYCELL_ADMIN_KEY"
 
 _EVENT = TypeVar("_EVENT", Account, Transfer)
 
@@ -203,8 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ledger.add_argument("--min-seconds", type=float, default=2.0)
     bench_ledger.add_argument("--patterns", default="random,hot", help="random,hot")
 
-    demo = command(commands, "demo", "a ledger walkthrough of a small marketplace")
+    demo = command(
+        commands,
+        "demo",
+        "a marketplace on the payment platform (1,000 buyers, 50 merchants, 3,000 orders) "
+        "on a fresh database, ending with a summary and verify",
+    )
     demo.add_argument("--seed", type=_u64, default=2024)
+    demo.add_argument("--buyers", type=int, default=1_000, help="default: 1000")
+    demo.add_argument("--merchants", type=int, default=50, help="default: 50")
+    demo.add_argument("--orders", type=int, default=3_000, help="default: 3000")
+
+    serve = command(commands, "serve", "run the REST API (docs at /docs) and background jobs")
+    serve.add_argument("--database-url", dest="database", default=argparse.SUPPRESS)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_unsigned(65535, "port"), default=8080)
+    serve.add_argument(
+        "--admin-key",
+        default=os.environ.get(ADMIN_KEY_ENVIRONMENT_VARIABLE, ""),
+        help=f"the admin API key (default: ${ADMIN_KEY_ENVIRONMENT_VARIABLE}, else generated)",
+    )
     return parser
 
 
@@ -299,9 +318,22 @@ def _run_bench(arguments: argparse.Namespace) -> int:
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:
-    from paycell.adapters.cli import demo
+    from paycell.adapters.cli import platform_demo as demo
 
-    return demo.run_demo(arguments.database, arguments.seed, sys.stdout, Progress())
+    size = demo.DemoSize(arguments.buyers, arguments.merchants, arguments.orders)
+    return demo.run_demo(arguments.database, arguments.seed, sys.stdout, Progress(), size)
+
+
+def _run_serve(arguments: argparse.Namespace) -> int:
+    import secrets
+
+    from paycell.adapters.http.serve import serve
+
+    admin_key = arguments.admin_key
+    if not admin_key:
+        admin_key = secrets.token_urlsafe(24)
+        print(f"paycell serve: generated admin key {admin_key}", file=sys.stdout)
+    return serve(arguments.database, arguments.host, arguments.port, admin_key, sys.stdout)
 
 
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
@@ -322,6 +354,8 @@ def run(arguments: argparse.Namespace) -> int:
         return _run_verify(arguments)
     if arguments.command == "bench":
         return _run_bench(arguments)
+    if arguments.command == "serve":
+        return _run_serve(arguments)
     assert arguments.command == "demo", arguments.command
     return _run_demo(arguments)
 

@@ -31,15 +31,23 @@ from paycell.core.payments.records import (
 )
 from paycell.platform import Platform
 
-BUYERS: Final = 1_000
-MERCHANTS: Final = 50
-ORDERS: Final = 3_000
 CURRENCY: Final = "CNY"
 SECOND: Final = 1_000_000_000
 HOUR: Final = 3_600 * SECOND
 DAY: Final = 24 * HOUR
 # 2026-11-11 00:00:00 UTC, Singles' Day.
 START: Final = 1_794_355_200 * SECOND
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSize:
+    buyers: int = 1_000
+    merchants: int = 50
+    orders: int = 3_000
+
+    def __post_init__(self) -> None:
+        if self.buyers < 5 or self.merchants < 1 or self.orders < 1:
+            raise ValueError("the demo needs at least 5 buyers, 1 merchant and 1 order")
 
 
 class DemoError(RuntimeError):
@@ -79,7 +87,15 @@ def _expect(decision: Decision, what: str, *allowed: PaymentError) -> bool:
 
 
 class PlatformDemo:
-    def __init__(self, platform: Platform, clock: SimulatedClock, seed: int, progress: Progress):
+    def __init__(
+        self,
+        platform: Platform,
+        clock: SimulatedClock,
+        seed: int,
+        progress: Progress,
+        size: DemoSize,
+    ) -> None:
+        self.size = size
         self.platform = platform
         self.clock = clock
         self.random = random.Random(seed)
@@ -99,11 +115,12 @@ class PlatformDemo:
         self.settle()
 
     def onboard(self) -> None:
-        self.progress.say(f"onboarding {BUYERS} buyers and {MERCHANTS} merchants")
-        for number in range(BUYERS):
+        size = self.size
+        self.progress.say(f"onboarding {size.buyers} buyers and {size.merchants} merchants")
+        for number in range(size.buyers):
             self.buyers.append(self.platform.create_user(f"buyer {number + 1}"))
-            self.progress.update("buyers", number + 1, BUYERS)
-        for number in range(MERCHANTS):
+            self.progress.update("buyers", number + 1, size.buyers)
+        for number in range(size.merchants):
             self.merchants.append(
                 self.platform.create_merchant(
                     f"shop {number + 1}",
@@ -111,7 +128,7 @@ class PlatformDemo:
                     settlement_bank_account=f"6222 0200 {number + 1:04d}",
                 )
             )
-            self.progress.update("merchants", number + 1, MERCHANTS)
+            self.progress.update("merchants", number + 1, size.merchants)
 
     def top_up(self) -> None:
         self.progress.say("buyers top up their wallets through the bank")
@@ -119,7 +136,7 @@ class PlatformDemo:
             amount = self.random.randrange(50_00, 2_000_00, 100)
             decision = self.platform.request_top_up(buyer.id, f"topup-{buyer.id}", amount)
             _expect(decision, "top-up")
-            self.progress.update("top-ups", number + 1, BUYERS)
+            self.progress.update("top-ups", number + 1, len(self.buyers))
         for decision in self.platform.deliver_bank_callbacks():
             _expect(decision, "bank callback")
             request = decision.channel_requests[0]
@@ -128,8 +145,8 @@ class PlatformDemo:
             self.tally.outcomes[f"top-up {request.status.value.lower()}"] += 1
 
     def trade(self) -> None:
-        self.progress.say(f"{ORDERS} orders: direct and escrow payments")
-        for number in range(ORDERS):
+        self.progress.say(f"{self.size.orders} orders: direct and escrow payments")
+        for number in range(self.size.orders):
             merchant = self.random.choice(self.merchants)
             buyer = self.random.choice(self.buyers)
             mode = PaymentMode.ESCROW if self.random.random() < 0.4 else PaymentMode.DIRECT
@@ -152,7 +169,7 @@ class PlatformDemo:
                 self.tally.outcomes["declined: insufficient funds"] += 1
             self.orders.append(order)
             self.clock.advance(self.random.randrange(1, 60) * SECOND)
-            self.progress.update("orders", number + 1, ORDERS)
+            self.progress.update("orders", number + 1, self.size.orders)
 
     def settle_disputes(self) -> None:
         self.progress.say("buyers confirm receipt, ask for refunds; merchants refund")
@@ -261,14 +278,20 @@ class PlatformDemo:
         return lines
 
 
-def run_demo(database: str, seed: int, out: IO[str], progress: Progress) -> int:
+def run_demo(
+    database: str,
+    seed: int,
+    out: IO[str],
+    progress: Progress,
+    size: DemoSize | None = None,
+) -> int:
     """Run the marketplace on `database` (which must be new); 0 when verify passes."""
     clock = SimulatedClock()
     with Platform(database, clock=clock) as platform:
         if platform.get_user(1) is not None:
             progress.say(f"{database} already holds a marketplace: use a new database file")
             return 2
-        demo = PlatformDemo(platform, clock, seed, progress)
+        demo = PlatformDemo(platform, clock, seed, progress, size or DemoSize())
         demo.run()
         progress.finish()
         for line in demo.summary():

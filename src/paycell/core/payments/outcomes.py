@@ -42,6 +42,7 @@ class PaymentError(StrEnum):
     CHANNEL_REQUEST_NOT_FOUND = "channel_request_not_found"
     CHANNEL_REQUEST_EXISTS_WITH_DIFFERENT_CONTENT = "channel_request_exists_with_different_content"
     CHANNEL_CALLBACK_CONFLICT = "channel_callback_conflict"
+    INVALID_CHANNEL_SIGNATURE = "invalid_channel_signature"
     NOTHING_TO_PAY_OUT = "nothing_to_pay_out"
 
 

@@ -1,0 +1,90 @@
+"""`paycell serve`: the REST API under uvicorn, plus the background jobs.
+
+One process holds one platform (one database connection); the HTTP handlers and the
+background thread share it under one lock. The background thread runs the scheduler (unpaid
+orders close, escrow auto-confirms, trades finish, pending transfers expire) and lets the
+simulated bank answer its instructions, once a second; a second thread, on its own
+connection, delivers webhooks (signed, retried on Alipay's schedule). Several servers on one
+database are safe: every scheduled change is its own command and applies once.
+"""
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import IO, Final
+
+import uvicorn
+
+from paycell.adapters.http.app import create_app
+from paycell.adapters.storage.platform_factory import open_platform_store
+from paycell.adapters.webhooks.dispatcher import WebhookDispatcher
+from paycell.adapters.webhooks.sender import HttpWebhookSender
+from paycell.platform import Platform
+from paycell.service.ledger_service import LedgerService
+from paycell.service.webhooks import WebhookService
+
+BACKGROUND_INTERVAL_SECONDS: Final = 1.0
+
+_log = logging.getLogger(__name__)
+
+
+def _background_jobs(platform: Platform, lock: threading.RLock, stop: threading.Event) -> None:
+    while not stop.wait(BACKGROUND_INTERVAL_SECONDS):
+        try:
+            with lock:
+                platform.run_scheduler()
+                platform.deliver_bank_callbacks()
+        except Exception:  # a failed pass is logged and retried next second, never fatal
+            _log.exception("background jobs failed; retrying in a second")
+
+
+def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> int:
+    platform = Platform(database)
+    lock = threading.RLock()
+    app = create_app(platform, admin_key=admin_key, lock=lock)
+    stop = threading.Event()
+    jobs = threading.Thread(
+        target=_background_jobs, args=(platform, lock, stop), name="paycell-jobs", daemon=True
+    )
+    # Webhooks go out from their own connection, outside the platform's lock: a slow merchant
+    # endpoint never holds up payments. Leases make several servers on one database safe.
+    webhook_store = open_platform_store(database)
+    webhook_service = WebhookService(
+        webhook_store, LedgerService(webhook_store, platform.clock), platform.clock
+    )
+    sender = HttpWebhookSender()
+    webhooks = threading.Thread(
+        target=WebhookDispatcher(webhook_service, sender).run,
+        args=(stop, BACKGROUND_INTERVAL_SECONDS),
+        name="paycell-webhooks",
+        daemon=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    url = f"http://{host}:{port}"
+    print(f"paycell serve: {database} on {url}", file=out)
+    print(f"  REST API under {url}/v1, interactive docs at {url}/docs,", file=out)
+    print(f"  OpenAPI document at {url}/openapi.json; stop with Ctrl-C", file=out, flush=True)
+    jobs.start()
+    webhooks.start()
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again; both
+    # end here as a clean exit (status 0) after the background thread and database close.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        jobs.join(timeout=10)
+        webhooks.join(timeout=15)
+        sender.close()
+        webhook_store.close()
+        with lock:
+            platform.close()
+    return 0 if server.started else 1

@@ -1,0 +1,95 @@
+"""`paycell serve` as a real process on a loopback port: a payment through it, end to end."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from paycell.platform import Platform
+
+ADMIN_KEY = "serve-test-admin-key"
+STARTUP_SECONDS = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_until(condition: object, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
+    database = tmp_path / "served.db"
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+
+            def up() -> bool:
+                assert server.poll() is None, server.communicate()
+                try:
+                    return client.get("/openapi.json").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            _wait_until(up, STARTUP_SECONDS)
+            assert "<html" in client.get("/docs").text
+            admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            user = client.post("/v1/admin/users", json={"name": "Li"}, headers=admin).json()
+            merchant = client.post(
+                "/v1/admin/merchants",
+                json={"name": "Tea", "fee_rate_basis_points": 60, "settlement_bank_account": "1"},
+                headers=admin,
+            ).json()
+            buyer = {"Authorization": f"Bearer {user['api_key']}"}
+            shop = {"Authorization": f"Bearer {merchant['api_key']}"}
+            top_up = client.post(
+                "/v1/wallet/top-ups", json={"request_no": "T-1", "amount": 100_00}, headers=buyer
+            )
+            assert top_up.status_code == 201
+            # The server's background thread lets the bank answer within about a second.
+            _wait_until(
+                lambda: client.get("/v1/wallet", headers=buyer).json()["available"] == 100_00,
+                15,
+            )
+            order = client.post(
+                "/v1/orders", json={"out_trade_no": "T-1", "amount": 25_00}, headers=shop
+            ).json()
+            paid = client.post(
+                f"/v1/orders/{order['id']}/pay", headers={**buyer, "Idempotency-Key": "p1"}
+            )
+            assert paid.json()["status"] == "TRADE_SUCCESS"
+            assert client.get("/v1/balance", headers=shop).json()["available"] == 24_85
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            output, errors = server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output, errors = server.communicate()
+    assert server.returncode == 0, errors
+    assert f"http://127.0.0.1:{port}/docs" in output
+    with Platform(database) as platform:
+        assert platform.verify().ok
