@@ -297,3 +297,22 @@ def test_orders_are_paginated_by_cursor(world: World) -> None:
             break
         after = page["next_cursor"]
     assert seen == ids
+
+
+def test_merchant_reads_its_settlement_report_over_http(world: World) -> None:
+    buyer, shop = world.new_user(), world.new_merchant()
+    world.top_up(buyer, 500_00)
+    order_id = world.create_order(shop, "day-1", 100_00)
+    paid = world.client.post(f"/v1/orders/{order_id}/pay", headers=buyer.headers)
+    assert paid.status_code == 200, paid.text
+    response = world.client.get("/v1/settlements/2024-11-11", headers=shop.headers)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["object"] == "settlement_report"
+    assert (report["sales"], report["fees"], report["closing_balance"]) == (99_40, 60, 99_40)
+    assert report["balanced"] is True
+    bad_day = world.client.get("/v1/settlements/2024-13-40", headers=shop.headers)
+    assert bad_day.status_code == 422
+    assert bad_day.json()["error"]["code"] == "invalid_field"
+    as_buyer = world.client.get("/v1/settlements/2024-11-11", headers=buyer.headers)
+    assert as_buyer.status_code == 403

@@ -21,6 +21,7 @@ from typing import Final, Protocol, cast
 
 from paycell.core.batch import CommittedBatch
 from paycell.core.currency import Currency, currency_for_code, currency_for_ledger
+from paycell.core.limits import QUERY_LIMIT_MAX
 from paycell.core.payments import chart, flows
 from paycell.core.payments.outcomes import Decision, PaymentError, rejected
 from paycell.core.payments.records import (
@@ -35,7 +36,13 @@ from paycell.core.payments.records import (
     WebhookEvent,
 )
 from paycell.core.results import CreateAccountResult, CreateTransferResult
-from paycell.core.types import Account, Transfer
+from paycell.core.types import (
+    Account,
+    AccountFilter,
+    AccountFilterFlags,
+    Transfer,
+    TransferFlags,
+)
 from paycell.service.ledger_service import Clock, LedgerService
 from paycell.service.platform_ports import (
     ApiKey,
@@ -69,10 +76,64 @@ class PlatformConfig:
     auto_confirm_seconds: int = flows.DEFAULT_AUTO_CONFIRM_SECONDS
     refund_period_seconds: int = flows.DEFAULT_REFUND_PERIOD_SECONDS
     channel_number: int = DEFAULT_CHANNEL_NUMBER
+    # Let the scheduler settle each finished UTC day (pay out every merchant's balance).
+    # Off for the library by default, so a program moving its clock decides when money
+    # leaves; `paycell serve` turns it on.
+    daily_settlement: bool = False
 
     @property
     def ledgers(self) -> tuple[int, ...]:
         return tuple(currency_for_code(code).ledger for code in self.currencies)
+
+
+@dataclass(slots=True)
+class SettlementReport:
+    """One merchant's day in one currency, in minor units, as the books show it."""
+
+    merchant_id: int
+    day_start: int
+    currency: str
+    opening_balance: int
+    closing_balance: int
+    # Credited to the merchant: direct payments and escrow releases, net of the fee.
+    sales: int = 0
+    # The platform's fee on those sales (the sale's gross is sales + fees).
+    fees: int = 0
+    # Refunds paid from the merchant's balance (net of the fee the platform returned).
+    refunds: int = 0
+    # Payouts the bank confirmed that day.
+    payouts: int = 0
+    sales_count: int = 0
+    refunds_count: int = 0
+    payouts_count: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        """Opening balance plus the day's movements equals the closing balance."""
+        movement = self.sales - self.refunds - self.payouts
+        return self.opening_balance + movement == self.closing_balance
+
+    def add(
+        self, transfer: Transfer, account_id: int, fee_of_sale: Callable[[Transfer], int]
+    ) -> None:
+        code = transfer.code
+        if transfer.credit_account_id == account_id and code in (
+            flows.TransferCode.PAYMENT,
+            flows.TransferCode.ESCROW_RELEASE,
+        ):
+            self.sales += transfer.amount
+            self.sales_count += 1
+            self.fees += fee_of_sale(transfer)
+        elif transfer.debit_account_id == account_id and code == flows.TransferCode.REFUND:
+            self.refunds += transfer.amount
+            self.refunds_count += 1
+        elif (
+            transfer.debit_account_id == account_id
+            and code == flows.TransferCode.PAYOUT
+            and transfer.flags & TransferFlags.POST_PENDING_TRANSFER
+        ):
+            self.payouts += transfer.amount
+            self.payouts_count += 1
 
 
 class PlatformInvariantError(Exception):
@@ -85,6 +146,7 @@ class SchedulerReport:
     auto_confirmed: int = 0
     finished_trades: int = 0
     expired_pending_transfers: int = 0
+    payouts_started: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -107,6 +169,9 @@ class PlatformService:
         self.config = config or PlatformConfig()
         self.ledger = LedgerService(store, clock)
         self.webhooks = WebhookService(store, self.ledger, clock)
+        # The last UTC day this process settled; settlement itself is idempotent per day, so
+        # this only saves rescanning merchants on every scheduler pass.
+        self._settled_through_day: int | None = None
         self._initialize_platform_accounts()
 
     # -------------------------------------------------------------------------- machinery
@@ -381,6 +446,7 @@ class PlatformService:
         request_no: str,
         amount: int | None,
         currency: str,
+        held_at: int | None = None,
     ) -> Decision:
         currency_record = self._currency(currency)
         if currency_record is None:
@@ -411,6 +477,10 @@ class PlatformService:
                     if account
                     else 0
                 )
+                if held_at is not None:
+                    # Settlement of a past day pays out what the merchant held at its end,
+                    # never money that arrived after it.
+                    wanted = min(wanted, self._posted_balance_at(account_id, held_at))
                 if existing is not None:
                     wanted = existing.amount
                 if wanted <= 0:
@@ -449,12 +519,44 @@ class PlatformService:
         )
 
     def request_payout(
-        self, merchant_id: int, request_no: str, amount: int | None = None, currency: str = "CNY"
+        self,
+        merchant_id: int,
+        request_no: str,
+        amount: int | None = None,
+        currency: str = "CNY",
+        *,
+        held_at: int | None = None,
     ) -> Decision:
-        """Pay a merchant's balance out to its bank; `amount` None pays out all available."""
+        """Pay a merchant's balance out to its bank; `amount` None pays out all available
+        (with `held_at`, at most what the merchant's posted balance was at that time)."""
         return self._channel_command(
-            ChannelRequestKind.PAYOUT, PartyKind.MERCHANT, merchant_id, request_no, amount, currency
+            ChannelRequestKind.PAYOUT,
+            PartyKind.MERCHANT,
+            merchant_id,
+            request_no,
+            amount,
+            currency,
+            held_at,
         )
+
+    def _posted_balance_at(self, account_id: int, timestamp: int) -> int:
+        """An account's posted balance (credits - debits) right after `timestamp`, from its
+        balance history."""
+        if timestamp <= 0:
+            return 0
+        latest = self.ledger.get_account_balances(
+            AccountFilter(
+                account_id=account_id,
+                timestamp_max=timestamp,
+                limit=1,
+                flags=int(
+                    AccountFilterFlags.DEBITS
+                    | AccountFilterFlags.CREDITS
+                    | AccountFilterFlags.REVERSED
+                ),
+            )
+        )
+        return latest[0].credits_posted - latest[0].debits_posted if latest else 0
 
     def channel_callback(
         self, channel_reference: str, succeeded: bool, amount: int, failure_reason: str = ""
@@ -496,6 +598,15 @@ class PlatformService:
         report = SchedulerReport()
         now = self.clock()
         report.expired_pending_transfers = self.ledger.expire_pending_transfers()
+        if self.config.daily_settlement:
+            yesterday = now // NANOSECONDS_PER_DAY - 1
+            if self._settled_through_day is None or self._settled_through_day < yesterday:
+                for currency in self.config.currencies:
+                    for decision in self.settle_day(yesterday * NANOSECONDS_PER_DAY, currency):
+                        report.payouts_started += int(decision.ok and not decision.replayed)
+                        if not decision.ok:
+                            report.errors.append(f"settlement: {decision.message}")
+                self._settled_through_day = yesterday
         for order in self._due(lambda unit: unit.unpaid_orders_due(now, SCHEDULER_BATCH_MAX)):
             decision = self._order_command(
                 order.id,
@@ -541,8 +652,9 @@ class PlatformService:
 
     def settle_day(self, day_start: int, currency: str = "CNY") -> list[Decision]:
         """Daily settlement for the day starting at `day_start` (nanoseconds, UTC midnight):
-        every merchant with daily payout and a positive balance gets a payout of everything
-        available, numbered by the day, so a second run the same day pays nothing twice."""
+        every merchant with daily payout gets a payout of what it held at the end of that day
+        (or what is still available, if less), numbered by the day, so a second run for the
+        same day pays nothing twice."""
         day_number = day_start // NANOSECONDS_PER_DAY
         decisions: list[Decision] = []
         after_id = 0
@@ -555,7 +667,11 @@ class PlatformService:
             for merchant in merchants:
                 if merchant.daily_payout:
                     decision = self.request_payout(
-                        merchant.id, f"settlement-{day_number}", None, currency
+                        merchant.id,
+                        f"settlement-{day_number}",
+                        None,
+                        currency,
+                        held_at=day_start + NANOSECONDS_PER_DAY - 1,
                     )
                     if decision.error is not PaymentError.NOTHING_TO_PAY_OUT:
                         decisions.append(decision)
@@ -591,6 +707,60 @@ class PlatformService:
                 return existing
             unit.save_idempotency_record(record)
         return record
+
+    # ------------------------------------------------------------------- settlement report
+
+    def settlement_report(
+        self, merchant_id: int, day_start: int, currency: str = "CNY"
+    ) -> SettlementReport | None:
+        """A merchant's day, from the books: opening and closing balance, and the sales,
+        refunds and payouts between them. None for an unknown merchant or currency.
+
+        Everything comes from the ledger (the merchant balance keeps its balance history),
+        plus each sale's order for its fee, so the report is what the money did, not what the
+        records say it should have done; `balanced` checks the two agree.
+        """
+        currency_record = self._currency(currency)
+        if currency_record is None or self.store.merchant(merchant_id) is None:
+            return None
+        account_id = chart.merchant_balance(merchant_id, currency_record.ledger)
+        day_end = day_start + NANOSECONDS_PER_DAY - 1
+        both_sides = int(AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS)
+
+        report = SettlementReport(
+            merchant_id=merchant_id,
+            day_start=day_start,
+            currency=currency_record.code,
+            opening_balance=self._posted_balance_at(account_id, day_start - 1),
+            closing_balance=self._posted_balance_at(account_id, day_end),
+        )
+        cursor = day_start
+        while True:
+            page = self.ledger.get_account_transfers(
+                AccountFilter(
+                    account_id=account_id,
+                    timestamp_min=cursor,
+                    timestamp_max=day_end,
+                    limit=QUERY_LIMIT_MAX,
+                    flags=both_sides,
+                )
+            )
+            for transfer in page:
+                report.add(transfer, account_id, self._fee_of_sale)
+            if len(page) < QUERY_LIMIT_MAX:
+                return report
+            cursor = page[-1].timestamp + 1
+
+    def _fee_of_sale(self, sale: Transfer) -> int:
+        """The fee transfer that went with a sale, found by its derived id."""
+        order_id = sale.user_data_64
+        fee_id = (
+            flows.transfer_id(flows.TransferCode.FEE, order_id)
+            if sale.code == flows.TransferCode.PAYMENT
+            else flows.transfer_id(flows.TransferCode.ESCROW_RELEASE, order_id, 1)
+        )
+        found = self.ledger.lookup_transfers([fee_id])
+        return found[0].amount if found else 0
 
     # ----------------------------------------------------------------------------- reads
 
@@ -711,4 +881,10 @@ def _channel_body(request: ChannelRequest) -> str:
     )
 
 
-__all__ = ["BankChannel", "PlatformConfig", "PlatformService", "SchedulerReport"]
+__all__ = [
+    "BankChannel",
+    "PlatformConfig",
+    "PlatformService",
+    "SchedulerReport",
+    "SettlementReport",
+]

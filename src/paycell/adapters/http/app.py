@@ -180,21 +180,26 @@ def run_scheduler(call: Call) -> Reply:
             "auto_confirmed": report.auto_confirmed,
             "finished_trades": report.finished_trades,
             "expired_pending_transfers": report.expired_pending_transfers,
+            "payouts_started": report.payouts_started,
             "errors": list(report.errors),
         },
     )
 
 
-def run_settlement(call: Call) -> Reply:
-    text = _str(call.body, "day")
+def _day(text: str) -> tuple[date, int]:
+    """A UTC day as YYYY-MM-DD, and its first nanosecond."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
         raise ApiError(INVALID_FIELD, "day: must be a date as YYYY-MM-DD") from None
     if len(text) != 10 or day < date(1970, 1, 2):
         raise ApiError(INVALID_FIELD, "day: must be a date as YYYY-MM-DD after 1970-01-01")
+    return day, (day - date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
+
+
+def run_settlement(call: Call) -> Reply:
+    day, day_start = _day(_str(call.body, "day"))
     currency = _currency(call, call.body.get("currency"))
-    day_start = (day - date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
     results: list[dict[str, object]] = []
     for decision in call.platform.settle_day(day_start, currency):
         if decision.error is not None:
@@ -299,6 +304,32 @@ def merchant_balance(call: Call) -> Reply:
     currency = _currency(call)
     account = call.platform.balance(PartyKind.MERCHANT, call.caller.party_id, currency)
     return Reply(200, render.balance(account, currency))
+
+
+def settlement_report(call: Call) -> Reply:
+    day, day_start = _day(call.path_parameters["day"])
+    currency = _currency(call)
+    report = call.platform.settlement_report(call.caller.party_id, day_start, currency)
+    if report is None:
+        raise payment_error(PaymentError.MERCHANT_NOT_FOUND, "no such merchant")
+    return Reply(
+        200,
+        {
+            "object": "settlement_report",
+            "day": day.isoformat(),
+            "currency": report.currency,
+            "opening_balance": report.opening_balance,
+            "sales": report.sales,
+            "fees": report.fees,
+            "refunds": report.refunds,
+            "payouts": report.payouts,
+            "closing_balance": report.closing_balance,
+            "sales_count": report.sales_count,
+            "refunds_count": report.refunds_count,
+            "payouts_count": report.payouts_count,
+            "balanced": report.balanced,
+        },
+    )
 
 
 def list_webhook_events(call: Call) -> Reply:
@@ -630,6 +661,18 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         merchant_balance,
         "The merchant's balance",
         "Balance",
+        query=_CURRENCY_QUERY,
+        errors=("unsupported_currency",),
+        tags=("payouts",),
+    ),
+    Operation(
+        "GET",
+        "/v1/settlements/{day}",
+        MERCHANT,
+        settlement_report,
+        "The merchant's settlement report for a UTC day (YYYY-MM-DD): opening balance, sales, "
+        "fees, refunds, payouts, closing balance",
+        "SettlementReport",
         query=_CURRENCY_QUERY,
         errors=("unsupported_currency",),
         tags=("payouts",),

@@ -22,6 +22,7 @@ from paycell.adapters.webhooks.dispatcher import WebhookDispatcher
 from paycell.adapters.webhooks.sender import HttpWebhookSender
 from paycell.platform import Platform
 from paycell.service.ledger_service import LedgerService
+from paycell.service.platform import PlatformConfig
 from paycell.service.webhooks import WebhookService
 
 BACKGROUND_INTERVAL_SECONDS: Final = 1.0
@@ -44,7 +45,7 @@ def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
 
 
 def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> int:
-    platform = Platform(database)
+    platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
     app = create_app(platform, admin_key=admin_key, lock=lock)
     stop = threading.Event()
