@@ -62,7 +62,7 @@ class LedgerService:
         committed: list[CommittedBatch] = []
         with self.unit_of_work(committed) as (unit, meta):
             meta = self.expire_due(unit, meta, committed)
-            existing = self._accounts(unit, {a.id for a in batch})
+            existing = self.accounts_in_unit(unit, {a.id for a in batch})
             outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
             if outcome.committed is not None:
                 unit.save(outcome.committed)
@@ -95,7 +95,7 @@ class LedgerService:
         self, unit: WriteUnit, meta: LedgerMeta, events: Sequence[Account]
     ) -> tuple[list[CreateAccountResult], CommittedBatch | None]:
         batch = validate_accounts(events)
-        existing = self._accounts(unit, {a.id for a in batch})
+        existing = self.accounts_in_unit(unit, {a.id for a in batch})
         outcome = state_machine.create_accounts(batch, existing, meta, self.clock())
         return outcome.results, outcome.committed
 
@@ -122,7 +122,7 @@ class LedgerService:
         if committed:
             self.account_cache.remember_committed(committed, committed[-1].meta_after)
 
-    def _accounts(self, unit: WriteUnit, ids: Collection[int]) -> dict[int, Account]:
+    def accounts_in_unit(self, unit: WriteUnit, ids: Collection[int]) -> dict[int, Account]:
         found, missing = self.account_cache.split(ids)
         if missing:
             read = unit.accounts_by_id(missing)
@@ -141,7 +141,7 @@ class LedgerService:
             if not due:
                 return meta
             account_ids = {t.debit_account_id for t in due} | {t.credit_account_id for t in due}
-            accounts = self._accounts(unit, account_ids)
+            accounts = self.accounts_in_unit(unit, account_ids)
             expiry = state_machine.expire_pending_transfers(due, accounts, meta, now)
             assert expiry is not None
             unit.save(expiry)
@@ -169,7 +169,7 @@ class LedgerService:
         account_ids.update(t.debit_account_id for t in referenced)
         account_ids.update(t.credit_account_id for t in referenced)
         return state_machine.Prefetched(
-            accounts=self._accounts(unit, account_ids),
+            accounts=self.accounts_in_unit(unit, account_ids),
             transfers=transfers,
             pending_states=unit.pending_states(pending_ids),
             failed_results=unit.failed_results(transfer_ids),

@@ -471,7 +471,7 @@ class PlatformService:
             if wanted is None:
                 # "Everything available": the balance as of this unit, under the writer lock.
                 account_id = chart.merchant_balance(party_id, ledger)
-                account = self.ledger._accounts(unit, [account_id]).get(account_id)
+                account = self.ledger.accounts_in_unit(unit, [account_id]).get(account_id)
                 wanted = (
                     account.credits_posted - account.debits_posted - account.debits_pending
                     if account
