@@ -224,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(ADMIN_KEY_ENVIRONMENT_VARIABLE, ""),
         help=f"the admin API key (default: ${ADMIN_KEY_ENVIRONMENT_VARIABLE}, else generated)",
     )
+    alipay = command(
+        commands,
+        "alipay",
+        "the Alipay gateway: register apps, the platform key, buyers' payment codes and scans",
+    )
+    from paycell.adapters.alipay.cli import add_commands
+
+    add_commands(alipay)
     return parser
 
 
@@ -356,6 +364,10 @@ def run(arguments: argparse.Namespace) -> int:
         return _run_bench(arguments)
     if arguments.command == "serve":
         return _run_serve(arguments)
+    if arguments.command == "alipay":
+        from paycell.adapters.alipay import cli as alipay_cli
+
+        return alipay_cli.run(arguments, sys.stdout, sys.stderr)
     assert arguments.command == "demo", arguments.command
     return _run_demo(arguments)
 

@@ -18,10 +18,14 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from paycell.adapters.alipay.asgi import AbsoluteFormPaths
+from paycell.adapters.alipay.gateway import AlipayGateway
+from paycell.adapters.alipay.routes import alipay_routes
 from paycell.adapters.channels.simulated_bank import Callback
 from paycell.adapters.http import idempotency, render
 from paycell.adapters.http.auth import Caller, Role, authenticate
@@ -948,9 +952,12 @@ def create_app(
     admin_key: str,
     body_limit_bytes: int = BODY_LIMIT_BYTES_DEFAULT,
     lock: AbstractContextManager[Any] | None = None,
+    alipay: AlipayGateway | None = None,
 ) -> Starlette:
     """The REST API over `platform`. `lock` serializes every platform call; pass the one the
-    server's background jobs take, so they never share the database connection at once."""
+    server's background jobs take, so they never share the database connection at once.
+    The Alipay Open API gateway (/gateway.do, docs/alipay.md) is mounted beside it; its own
+    tables open on the platform's database on first use, unless `alipay` is given."""
     if not admin_key:
         raise ValueError("an admin key is required")
     if body_limit_bytes <= 0:
@@ -969,6 +976,7 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
+    routes += alipay_routes(alipay or AlipayGateway(platform, lock=api.lock), admin_key)
     return Starlette(
         routes=routes,
         exception_handlers={
@@ -976,4 +984,5 @@ def create_app(
             HTTPException: _http_error,
             Exception: _internal_error,
         },
+        middleware=[Middleware(AbsoluteFormPaths)],
     )

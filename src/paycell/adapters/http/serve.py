@@ -16,6 +16,9 @@ from typing import IO, Final
 
 import uvicorn
 
+from paycell.adapters.alipay.gateway import AlipayGateway
+from paycell.adapters.alipay.notify import AlipayNotifier, HttpNotifySender
+from paycell.adapters.alipay.store import GatewayStore
 from paycell.adapters.http.app import create_app
 from paycell.adapters.storage.platform_factory import open_platform_store
 from paycell.adapters.webhooks.dispatcher import WebhookDispatcher
@@ -47,7 +50,8 @@ def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
 def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> int:
     platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
-    app = create_app(platform, admin_key=admin_key, lock=lock)
+    gateway = AlipayGateway(platform, lock=lock)
+    app = create_app(platform, admin_key=admin_key, lock=lock, alipay=gateway)
     stop = threading.Event()
     jobs = threading.Thread(
         target=_background_jobs, args=(platform, lock, stop), name="paycell-jobs", daemon=True
@@ -65,13 +69,35 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         name="paycell-webhooks",
         daemon=True,
     )
+    # Alipay notifications to notify_url: their own connections, like webhooks.
+    notify_store = GatewayStore(database)
+    notify_orders = open_platform_store(database)
+    notify_sender = HttpNotifySender()
+    notifier = AlipayNotifier(
+        notify_store,
+        notify_orders.order,
+        notify_orders.refunds_of_order,
+        lambda params: gateway.sign_params(params),
+        platform.clock,
+        notify_sender,
+    )
+    notifications = threading.Thread(
+        target=notifier.run,
+        args=(stop, BACKGROUND_INTERVAL_SECONDS),
+        name="paycell-alipay-notify",
+        daemon=True,
+    )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     url = f"http://{host}:{port}"
     print(f"paycell serve: {database} on {url}", file=out)
     print(f"  REST API under {url}/v1, interactive docs at {url}/docs,", file=out)
-    print(f"  OpenAPI document at {url}/openapi.json; stop with Ctrl-C", file=out, flush=True)
+    print(
+        f"  OpenAPI document at {url}/openapi.json; Alipay gateway at {url}/gateway.do;", file=out
+    )
+    print("  stop with Ctrl-C", file=out, flush=True)
     jobs.start()
     webhooks.start()
+    notifications.start()
     # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again; both
     # end here as a clean exit (status 0) after the background thread and database close.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -84,6 +110,11 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         stop.set()
         jobs.join(timeout=10)
         webhooks.join(timeout=15)
+        notifications.join(timeout=15)
+        notify_sender.close()
+        notify_store.close()
+        notify_orders.close()
+        gateway.close()
         sender.close()
         webhook_store.close()
         with lock:
