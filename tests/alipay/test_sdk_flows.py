@@ -3,13 +3,14 @@ response the SDKs return here passed their own RSA2 signature verification with 
 platform's public key."""
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from paycell.adapters.alipay import signing
+from paycell.adapters.alipay.notify import AlipayNotifier
 from paycell.core.payments.records import PartyKind
 from tests.alipay.conftest import Live, Merchant, Sdk
 
@@ -411,3 +412,43 @@ def test_transfer_and_bill_download(live: Live, sdk: Sdk) -> None:
     assert rows[0]["服务费（元）"] == "-1.80"
     assert lines[-2] == "#交易合计：1笔，退款合计：1笔"
     assert signing.content_to_sign({"a": "1"}) == "a=1"
+
+
+def test_notifications_pass_each_sdks_own_signature_check(live: Live, sdk: Sdk) -> None:
+    """What the SDKs' users run on their notify_url: the SDK's verify on our form post."""
+    buyer = live.buyer(money=10_00)
+    created = _ok(
+        sdk.call(
+            "alipay.trade.precreate",
+            {"out_trade_no": "NT-1", "total_amount": "6.00", "subject": "tea"},
+            notify_url="https://shop.example/notify",
+        )
+    )
+    paid = live.http.post(
+        "/alipay/buyer/pay",
+        json={"qr_code": created["qr_code"]},
+        headers={"Authorization": f"Bearer {buyer.api_key}"},
+    )
+    assert paid.status_code == 200, paid.text
+    received: list[dict[str, str]] = []
+
+    def merchant_endpoint(url: str, params: Mapping[str, str]) -> tuple[bool, str]:
+        assert url == "https://shop.example/notify"
+        received.append(dict(params))
+        return True, ""
+
+    notifier = AlipayNotifier(
+        live.gateway.store,
+        live.platform.get_order,
+        live.platform.refunds_of_order,
+        live.gateway.sign_params,
+        live.clock,
+        merchant_endpoint,
+    )
+    with live.lock:
+        notifier.run_once()
+    (notification,) = received
+    assert notification["out_trade_no"] == "NT-1"
+    assert notification["trade_status"] == "TRADE_SUCCESS"
+    assert sdk.verify(notification)
+    assert not sdk.verify({**notification, "total_amount": "600.00"})
