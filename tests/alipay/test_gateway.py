@@ -519,6 +519,9 @@ def test_http_edges(sqlite_url: str, app_key: rsa.RSAPrivateKey) -> None:
         assert client.post("/alipay/buyer/payment-codes").status_code == 401
         assert client.get("/alipay/bills/nope.csv").status_code == 404
         assert client.get("/alipay/cashier/123").status_code == 404
+        # A trade number whose order part is beyond 64 bits names no trade: 404, not a 500.
+        too_long = "20241111" + "9" * 20
+        assert client.get(f"/alipay/cashier/{too_long}").status_code == 404
     finally:
         client.close()
         gateway.close()
@@ -590,3 +593,28 @@ def test_cli_register_platform_key_payment_code_and_scan(
     assert main(["alipay", "--database", database, "scan", "--api-key", user_key, url]) == 0
     unknown = url[:-1] + "9"
     assert main(["alipay", "--database", database, "scan", "--api-key", user_key, unknown]) == 1
+
+
+def test_a_bar_code_payment_retried_after_a_lost_response_answers_paid(direct: Direct) -> None:
+    buyer = direct.platform.create_user("b")
+    direct.platform.request_top_up(buyer.id, "t", 10_00)
+    direct.platform.deliver_bank_callbacks()
+    code = direct.gateway.issue_payment_code(buyer.id)
+    request = direct.params(
+        "alipay.trade.pay",
+        {
+            "out_trade_no": "RETRY-1",
+            "total_amount": "8.00",
+            "subject": "tea",
+            "scene": "bar_code",
+            "auth_code": code.code,
+        },
+    )
+    first = direct.call(request)
+    retry = direct.call(request)
+    assert first["code"] == retry["code"] == "10000"
+    assert retry["trade_no"] == first["trade_no"]
+    wallet = direct.platform.balance_of_user(buyer.id)
+    assert wallet is not None
+    assert wallet.debits_posted == 8_00  # charged once
+    assert direct.platform.verify().ok

@@ -112,3 +112,48 @@ def test_report_for_unknown_merchant_or_currency_is_none(platform: Platform) -> 
     _, shop = trade_a_day(platform)
     assert platform.settlement_report(shop + 100, DAY_ONE) is None
     assert platform.settlement_report(shop, DAY_ONE, "USD") is None
+
+
+def test_each_currency_is_settled_on_its_own(database_url: str, clock: Clock) -> None:
+    config = PlatformConfig(currencies=("CNY", "USD"))
+    with Platform(database_url, clock=clock, config=config) as platform:
+        buyer = platform.create_user("buyer")
+        shop = platform.create_merchant(
+            "shop", fee_rate_basis_points=0, settlement_bank_account="x"
+        )
+        for currency in ("CNY", "USD"):
+            assert platform.request_top_up(buyer.id, f"t-{currency}", 10_00, currency).ok
+        platform.deliver_bank_callbacks()
+        for currency in ("CNY", "USD"):
+            order = platform.create_order(shop.id, f"o-{currency}", 5_00, currency=currency)
+            assert platform.pay_order(order.orders[0].id, buyer.id).ok
+        clock.now = DAY_ONE + DAY + 60 * SECOND
+        paid_out = {
+            currency: [d.channel_requests[0].amount for d in platform.settle_day(DAY_ONE, currency)]
+            for currency in ("CNY", "USD")
+        }
+        assert paid_out == {"CNY": [5_00], "USD": [5_00]}
+        assert platform.verify().ok
+
+
+def test_settlement_never_pays_out_money_that_arrived_after_the_day(
+    platform: Platform, clock: Clock
+) -> None:
+    buyer = platform.create_user("buyer")
+    shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
+    assert platform.request_top_up(buyer.id, "t", 100_00).ok
+    platform.deliver_bank_callbacks()
+    first = platform.create_order(shop.id, "day-one", 10_00).orders[0]
+    assert platform.pay_order(first.id, buyer.id).ok
+    # Day two: the merchant pays its day-one money out by hand, then sells again.
+    clock.now = DAY_ONE + DAY + 600 * SECOND
+    assert platform.request_payout(shop.id, "manual", 10_00).ok
+    platform.deliver_bank_callbacks()
+    clock.now = DAY_ONE + DAY + 3_600 * SECOND
+    second = platform.create_order(shop.id, "day-two", 5_00).orders[0]
+    assert platform.pay_order(second.id, buyer.id).ok
+    decisions = platform.settle_day(DAY_ONE)
+    assert decisions == []  # nothing left of day one: the 5.00 belongs to day two
+    balance = platform.balance_of_merchant(shop.id)
+    assert balance is not None
+    assert balance.credits_posted - balance.debits_posted == 5_00

@@ -63,3 +63,13 @@ def test_daily_statement_lists_the_days_answers() -> None:
     assert bank.statement_csv(6 * DAY).splitlines()[1] == (
         "PC0100000000000002,withdrawal,out,2000,156,SUCCESS"
     )
+
+
+def test_every_bank_signs_with_its_own_random_secret() -> None:
+    first, second = SimulatedBank(), SimulatedBank()
+    assert first.secret != second.secret
+    assert len(first.secret) >= 64
+    first.initiate(request(1, 100_00, ChannelRequestKind.TOP_UP))
+    (answer,) = first.callbacks(now=1)
+    assert first.verify(answer)
+    assert not second.verify(answer)

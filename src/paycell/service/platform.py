@@ -38,6 +38,7 @@ from paycell.core.payments.records import (
 from paycell.core.results import CreateAccountResult, CreateTransferResult
 from paycell.core.types import (
     Account,
+    AccountBalance,
     AccountFilter,
     AccountFilterFlags,
     Transfer,
@@ -478,9 +479,16 @@ class PlatformService:
                     else 0
                 )
                 if held_at is not None:
-                    # Settlement of a past day pays out what the merchant held at its end,
-                    # never money that arrived after it.
-                    wanted = min(wanted, self._posted_balance_at(account_id, held_at))
+                    # Settlement of a past day pays out what the merchant held at its end and
+                    # still holds, never money that arrived after it: what is available now,
+                    # less everything credited since the day ended, capped at the day's
+                    # closing balance.
+                    end = self._balance_at(account_id, held_at)
+                    closing = end.credits_posted - end.debits_posted if end else 0
+                    credited_since = (account.credits_posted if account else 0) - (
+                        end.credits_posted if end else 0
+                    )
+                    wanted = min(closing, wanted - credited_since)
                 if existing is not None:
                     wanted = existing.amount
                 if wanted <= 0:
@@ -542,8 +550,13 @@ class PlatformService:
     def _posted_balance_at(self, account_id: int, timestamp: int) -> int:
         """An account's posted balance (credits - debits) right after `timestamp`, from its
         balance history."""
+        balance = self._balance_at(account_id, timestamp)
+        return balance.credits_posted - balance.debits_posted if balance else 0
+
+    def _balance_at(self, account_id: int, timestamp: int) -> AccountBalance | None:
+        """An account's balances right after `timestamp` (None before its first transfer)."""
         if timestamp <= 0:
-            return 0
+            return None
         latest = self.ledger.get_account_balances(
             AccountFilter(
                 account_id=account_id,
@@ -556,7 +569,7 @@ class PlatformService:
                 ),
             )
         )
-        return latest[0].credits_posted - latest[0].debits_posted if latest else 0
+        return latest[0] if latest else None
 
     def channel_callback(
         self, channel_reference: str, succeeded: bool, amount: int, failure_reason: str = ""
@@ -668,7 +681,8 @@ class PlatformService:
                 if merchant.daily_payout:
                     decision = self.request_payout(
                         merchant.id,
-                        f"settlement-{day_number}",
+                        # One request number per merchant, day and currency.
+                        f"settlement-{day_number}-{currency.upper()}",
                         None,
                         currency,
                         held_at=day_start + NANOSECONDS_PER_DAY - 1,

@@ -165,7 +165,9 @@ def trade_no(order: Order) -> str:
 def order_id_of_trade_no(text: str) -> int | None:
     if len(text) != 28 or not text.isascii() or not text.isdigit():
         return None
-    return int(text[8:])
+    order_id = int(text[8:])
+    # Order ids are signed 64-bit in storage: anything larger names no order.
+    return order_id if order_id < 1 << 63 else None
 
 
 def alipay_user_id(party_id: int) -> str:
@@ -718,9 +720,19 @@ def _pay(gateway: AlipayGateway, call: Call) -> dict[str, Any]:
     platform = gateway.platform
     now = platform.clock()
     code = store.payment_code(auth_code)
+    existing = platform.get_order_by_out_trade_no(call.app.merchant_id, out_trade_no)
+    if (
+        code is not None
+        and existing is not None
+        and code.order_id == existing.id
+        and existing.paid_at
+        and existing.buyer_id == code.user_id
+        and existing.amount == amount
+    ):
+        # A till retrying after a lost response: this code already paid this trade.
+        return gateway.paid_fields(existing)
     if code is None or code.used_at or code.expires_at <= now:
         raise business("ACQ.PAYMENT_AUTH_CODE_INVALID", "the payment code is invalid or used")
-    existing = platform.get_order_by_out_trade_no(call.app.merchant_id, out_trade_no)
     wallet = platform.balance(PartyKind.USER, code.user_id)
     available = (
         wallet.credits_posted - wallet.debits_posted - wallet.debits_pending if wallet else 0

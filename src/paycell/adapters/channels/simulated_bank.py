@@ -17,13 +17,13 @@ import hashlib
 import hmac
 import io
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from paycell.core.payments.records import ChannelRequest, ChannelRequestKind
 
-DEFAULT_SECRET: Final = "simulated-bank-secret"
 NANOSECONDS_PER_DAY: Final = 86_400 * 1_000_000_000
 
 
@@ -49,7 +49,9 @@ class _Instruction:
 @dataclass(slots=True)
 class SimulatedBank:
     number: int = 1
-    secret: str = DEFAULT_SECRET
+    # The callback signing key. A fresh random one per bank unless given: a fixed default
+    # would let anyone who read this file forge callbacks and decide top-ups and withdrawals.
+    secret: str = field(default_factory=lambda: secrets.token_hex(32))
     decide: Callable[[ChannelRequest], bool] = declines_amounts_ending_in_13
     _queue: list[_Instruction] = field(default_factory=list)
     _answered: list[_Instruction] = field(default_factory=list)
