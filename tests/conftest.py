@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from paycell.adapters.storage.throwaway_postgres import PostgresServer
+from paycell.adapters.url_guard import ALLOW_PRIVATE_ENVIRONMENT_VARIABLE
+
+# The tests' merchants (webhook and notification receivers) listen on 127.0.0.1, which a
+# production server refuses as a callback address; tests/unit/test_url_guard.py covers that.
+os.environ[ALLOW_PRIVATE_ENVIRONMENT_VARIABLE] = "1"
 
 _database_numbers = itertools.count(1)
 

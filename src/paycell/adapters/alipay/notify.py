@@ -33,6 +33,7 @@ from paycell.adapters.alipay.store import (
     Notification,
     Trade,
 )
+from paycell.adapters.url_guard import refusal
 from paycell.core.payments.records import Order, OrderStatus, Refund
 from paycell.core.payments.webhook_schedule import next_attempt_at
 
@@ -54,6 +55,9 @@ class HttpNotifySender:
         self._client = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
 
     def __call__(self, url: str, params: Mapping[str, str]) -> tuple[bool, str]:
+        refused = refusal(url)
+        if refused is not None:
+            return False, f"not sent: {refused}"
         try:
             response = self._client.post(
                 url,

@@ -19,6 +19,7 @@ from typing import Final, NamedTuple, Protocol
 
 import httpx
 
+from paycell.adapters.url_guard import refusal
 from paycell.core.payments.records import WebhookEvent
 from paycell.core.payments.webhook_schedule import SIGNATURE_HEADER, signature_header
 
@@ -55,6 +56,9 @@ class HttpWebhookSender:
         self._client = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
 
     def post(self, url: str, body: str, headers: Mapping[str, str]) -> SendOutcome:
+        refused = refusal(url)
+        if refused is not None:
+            return SendOutcome(False, f"not sent: {refused}")
         try:
             with self._client.stream(
                 "POST", url, content=body.encode(), headers=dict(headers)
