@@ -224,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(ADMIN_KEY_ENVIRONMENT_VARIABLE, ""),
         help=f"the admin API key (default: ${ADMIN_KEY_ENVIRONMENT_VARIABLE}, else generated)",
     )
+    switches = commands.add_parser(
+        "switches",
+        help="show or set a running server's degradation switches",
+        description="Show the switches of a running `paycell serve`, or set one: "
+        "paycell switches reports off",
+    )
+    switches.add_argument("--url", default="http://127.0.0.1:8080", help="the server's URL")
+    switches.add_argument(
+        "--admin-key",
+        default=os.environ.get(ADMIN_KEY_ENVIRONMENT_VARIABLE, ""),
+        help=f"the admin API key (default: ${ADMIN_KEY_ENVIRONMENT_VARIABLE})",
+    )
+    switches.add_argument("name", nargs="?", help="a switch: reports, console, webhooks, ...")
+    switches.add_argument("value", nargs="?", help="on/off (risk_mode: full/cheap)")
     alipay = command(
         commands,
         "alipay",
@@ -232,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     from paycell.adapters.alipay.cli import add_commands
 
     add_commands(alipay)
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="drive the REST API with a Singles' Day curve, report, then check the books",
+        description="drive the REST API with a Singles' Day curve (warm-up, spike, outage, "
+        "backlog, decay), report, then check the books and run verify",
+    )
+    from paycell.adapters.loadtest.runner import add_arguments
+
+    add_arguments(loadtest)
     return parser
 
 
@@ -344,6 +367,44 @@ def _run_serve(arguments: argparse.Namespace) -> int:
     return serve(arguments.database, arguments.host, arguments.port, admin_key, sys.stdout)
 
 
+def _run_switches(arguments: argparse.Namespace) -> int:
+    """GET or PUT /v1/admin/switches on a running server; prints the state as JSON."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not arguments.admin_key:
+        raise InvalidInputError(f"give --admin-key or ${ADMIN_KEY_ENVIRONMENT_VARIABLE}")
+    if arguments.name is not None and arguments.value is None:
+        raise InvalidInputError("give a switch and its value, e.g. `paycell switches reports off`")
+    url = arguments.url.rstrip("/") + "/v1/admin/switches"
+    headers = {"Authorization": f"Bearer {arguments.admin_key}"}
+    data = None
+    if arguments.name is not None:
+        data = json.dumps({arguments.name: arguments.value}).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(
+        url, data=data, headers=headers, method="GET" if data is None else "PUT"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            state = json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        try:
+            error = json.loads(refused.read())["error"]
+            print(f"paycell: error: {error['code']}: {error['message']}", file=sys.stderr)
+        except (ValueError, KeyError, TypeError):
+            print(f"paycell: error: HTTP {refused.code}", file=sys.stderr)
+        return EXIT_BAD_INPUT if refused.code in (400, 404, 422) else EXIT_FAILED
+    except (urllib.error.URLError, OSError) as unreachable:
+        print(f"paycell: error: unavailable: {url}: {unreachable}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    state.pop("object", None)
+    for name, value in state.items():
+        print(f"{name} {value}")
+    return EXIT_OK
+
+
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, sqlite3.Error]
     try:
@@ -364,10 +425,16 @@ def run(arguments: argparse.Namespace) -> int:
         return _run_bench(arguments)
     if arguments.command == "serve":
         return _run_serve(arguments)
+    if arguments.command == "switches":
+        return _run_switches(arguments)
     if arguments.command == "alipay":
         from paycell.adapters.alipay import cli as alipay_cli
 
         return alipay_cli.run(arguments, sys.stdout, sys.stderr)
+    if arguments.command == "loadtest":
+        from paycell.adapters.loadtest import runner
+
+        return runner.run(arguments, sys.stdout, sys.stderr)
     assert arguments.command == "demo", arguments.command
     return _run_demo(arguments)
 

@@ -7,6 +7,7 @@ response for the key. Every platform call runs in a worker thread under one lock
 the server's background jobs: the platform's store holds one database connection.
 """
 
+import hmac
 import json
 import logging
 import threading
@@ -25,17 +26,27 @@ from starlette.routing import Route
 
 from paycell.adapters.alipay.asgi import AbsoluteFormPaths
 from paycell.adapters.alipay.gateway import AlipayGateway
-from paycell.adapters.alipay.routes import alipay_routes
+from paycell.adapters.alipay.routes import alipay_routes, bearer_token
 from paycell.adapters.channels.simulated_bank import Callback
 from paycell.adapters.http import idempotency, render
+from paycell.adapters.http.admission import (
+    DEFAULT_ADMISSION,
+    Admission,
+    AdmissionConfig,
+    RateLimit,
+    RateLimiter,
+)
 from paycell.adapters.http.auth import Caller, Role, authenticate
+from paycell.adapters.http.bulk import BULK_BODY_LIMIT_BYTES, BULK_PATH, bulk_operations
 from paycell.adapters.http.docs import DOCS_HTML
+from paycell.adapters.http.edge import Edge
 from paycell.adapters.http.errors import (
     BODY_TOO_LARGE,
     INTERNAL_ERROR,
     INVALID_FIELD,
     INVALID_SIGNATURE,
     MALFORMED_JSON,
+    UNAUTHORIZED,
     WEBHOOK_EVENT_NOT_FOUND,
     ApiError,
     code_for_status,
@@ -43,8 +54,11 @@ from paycell.adapters.http.errors import (
     error_response,
     payment_error,
 )
+from paycell.adapters.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from paycell.adapters.http.metrics import LedgerTotals, Metrics
 from paycell.adapters.http.openapi import build_document
 from paycell.adapters.http.routing import Call, Operation, Reply
+from paycell.adapters.http.switches import Switches, switch_operations
 from paycell.adapters.http.validation import (
     INTEGER_MAX,
     Field,
@@ -841,6 +855,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_UNLOCKED_PATHS: Final = frozenset({"/v1/admin/switches"})
+_BODY_LIMITS: Final = {BULK_PATH: BULK_BODY_LIMIT_BYTES}
+
+
 def _json_response(status: int, body: str, replayed: bool = False) -> Response:
     headers = {idempotency.REPLAYED_HEADER: "true"} if replayed else None
     return Response(body, status, headers=headers, media_type="application/json")
@@ -860,13 +878,22 @@ class _Api:
         self.lock = lock
 
     def endpoint(self, operation: Operation) -> Route:
+        # Admin routes that only touch server memory (switches) skip the platform's lock, so
+        # the operator reaches them while the platform is busy; only the admin key opens them.
+        unlocked = operation.path in _UNLOCKED_PATHS
+        body_limit = max(self.body_limit_bytes, _BODY_LIMITS.get(operation.path, 0))
+
         async def run(request: Request) -> Response:
             is_post = request.method == "POST"
-            raw = await _read_body(request, self.body_limit_bytes) if is_post else b""
+            has_body = is_post or request.method == "PUT"
+            raw = await _read_body(request, body_limit) if has_body else b""
             key = idempotency.check_key(request.headers.get(idempotency.HEADER))
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
             def work() -> Response:
+                if unlocked:
+                    self._require_admin(request)
+                    return self._handle(operation, request, raw, None, target)
                 with self.lock:
                     return self._handle(operation, request, raw, key if is_post else None, target)
 
@@ -874,6 +901,11 @@ class _Api:
 
         methods = [operation.method]
         return Route(operation.path, run, methods=methods, name=operation.handler.__name__)
+
+    def _require_admin(self, request: Request) -> None:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None or not hmac.compare_digest(token.encode(), self.admin_key.encode()):
+            raise ApiError(UNAUTHORIZED, "send the admin key as 'Authorization: Bearer <key>'")
 
     def _handle(
         self, operation: Operation, request: Request, raw: bytes, key: str | None, target: str
@@ -953,17 +985,39 @@ def create_app(
     body_limit_bytes: int = BODY_LIMIT_BYTES_DEFAULT,
     lock: AbstractContextManager[Any] | None = None,
     alipay: AlipayGateway | None = None,
+    admission: AdmissionConfig = DEFAULT_ADMISSION,
+    rate_limit: RateLimit | None = None,
+    switches: Switches | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The REST API over `platform`. `lock` serializes every platform call; pass the one the
     server's background jobs take, so they never share the database connection at once.
     The Alipay Open API gateway (/gateway.do, docs/alipay.md) is mounted beside it; its own
-    tables open on the platform's database on first use, unless `alipay` is given."""
+    tables open on the platform's database on first use, unless `alipay` is given.
+    In front of every route: admission control by priority class, the per-key rate limit and
+    the degradation switches (pass `switches` to share them with the background jobs);
+    GET /metrics (admin key) exposes `metrics` (docs/operations.md)."""
     if not admin_key:
         raise ValueError("an admin key is required")
     if body_limit_bytes <= 0:
         raise ValueError("body_limit_bytes must be positive")
     api = _Api(platform, admin_key, body_limit_bytes, lock or threading.RLock())
-    document = build_document(OPERATIONS)
+    gateway = alipay or AlipayGateway(platform, lock=api.lock)
+    switches = switches or Switches()
+    metrics = metrics or Metrics()
+    controller = Admission(admission)
+    ledger_totals = LedgerTotals(platform, api.lock)
+    operations = (*OPERATIONS, *switch_operations(switches), *bulk_operations(gateway, metrics))
+    document = build_document(operations)
+
+    async def metrics_page(request: Request) -> Response:
+        api._require_admin(request)
+        return await run_in_threadpool(
+            lambda: Response(
+                metrics.render(controller, switches, ledger_totals),
+                media_type=METRICS_CONTENT_TYPE,
+            )
+        )
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(document)
@@ -971,18 +1025,33 @@ def create_app(
     async def docs(_request: Request) -> Response:
         return HTMLResponse(DOCS_HTML)
 
-    routes = [api.endpoint(operation) for operation in OPERATIONS]
+    routes = [api.endpoint(operation) for operation in operations]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
     ]
-    routes += alipay_routes(alipay or AlipayGateway(platform, lock=api.lock), admin_key)
-    return Starlette(
+    routes += alipay_routes(gateway, admin_key)
+    application = Starlette(
         routes=routes,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        middleware=[Middleware(AbsoluteFormPaths)],
+        middleware=[
+            Middleware(AbsoluteFormPaths),
+            Middleware(
+                Edge,
+                routes=routes,
+                admission=controller,
+                limiter=RateLimiter(rate_limit),
+                switches=switches,
+                metrics=metrics,
+            ),
+        ],
     )
+    application.state.admission = controller
+    application.state.switches = switches
+    application.state.metrics = metrics
+    return application

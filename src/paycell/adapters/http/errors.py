@@ -61,6 +61,11 @@ IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 INVALID_SIGNATURE: Final = "invalid_signature"
 INTERNAL_ERROR: Final = "internal_error"
 WEBHOOK_EVENT_NOT_FOUND: Final = "webhook_event_not_found"
+# Load and degradation (docs/operations.md): refused at the edge, before the platform.
+OVERLOADED: Final = "overloaded"
+RATE_LIMITED: Final = "rate_limited"
+DEGRADED: Final = "degraded"
+TOO_MANY_ITEMS: Final = "too_many_items"
 
 ADAPTER_ERROR_STATUS: Final[dict[str, int]] = {
     MALFORMED_JSON: 400,
@@ -73,6 +78,10 @@ ADAPTER_ERROR_STATUS: Final[dict[str, int]] = {
     IDEMPOTENCY_KEY_REUSED: 422,
     INVALID_SIGNATURE: 401,
     WEBHOOK_EVENT_NOT_FOUND: 404,
+    OVERLOADED: 503,
+    RATE_LIMITED: 429,
+    DEGRADED: 503,
+    TOO_MANY_ITEMS: 413,
     INTERNAL_ERROR: 500,
 }
 
@@ -87,6 +96,12 @@ ERROR_DESCRIPTIONS: Final[dict[str, str]] = {
     IDEMPOTENCY_KEY_REUSED: "the Idempotency-Key was used before with another request",
     INVALID_SIGNATURE: "a channel callback whose X-Channel-Signature does not verify",
     WEBHOOK_EVENT_NOT_FOUND: "no such webhook event for this merchant",
+    OVERLOADED: "the server is saturated and shed this request (lowest priority class "
+    "first); retry after the Retry-After header's seconds",
+    RATE_LIMITED: "the API key is over its request rate; retry after Retry-After seconds",
+    DEGRADED: "this feature is switched off for now by the operator (payments still work); "
+    "Retry-After suggests when to look again",
+    TOO_MANY_ITEMS: "a bulk request with more items than its documented limit",
     INTERNAL_ERROR: "a bug: never the answer to bad input",
 }
 

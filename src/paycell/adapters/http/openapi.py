@@ -4,6 +4,8 @@ table the app serves (so every route is documented), every error code with its s
 from collections.abc import Sequence
 from typing import Any, Final
 
+from paycell.adapters.http import bulk, switches
+from paycell.adapters.http.admission import CLASS_NAMES, CONSOLE, REPORTS, route_class
 from paycell.adapters.http.errors import ALL_ERROR_STATUS, ERROR_DESCRIPTIONS
 from paycell.adapters.http.routing import Operation
 from paycell.adapters.http.validation import Field
@@ -53,6 +55,20 @@ def _enum(values: Sequence[str]) -> dict[str, Any]:
 
 
 SCHEMAS: Final[dict[str, Any]] = {
+    "Switches": {
+        "type": "object",
+        "description": "the degradation switches (docs/operations.md)",
+        "properties": {
+            "object": {"const": "switches"},
+            **{
+                name: {**_enum(values), "description": text}
+                for name, (values, text) in switches.SWITCHES.items()
+            },
+        },
+        "required": ["object", *switches.SWITCHES],
+    },
+    "BulkPayment": bulk.RESPONSE_SCHEMA,
+    "BulkPayItemResult": bulk.ITEM_RESULT_SCHEMA,
     "Error": {
         "type": "object",
         "properties": {
@@ -258,6 +274,8 @@ SCHEMAS: Final[dict[str, Any]] = {
 
 # Codes any authenticated operation may answer.
 _COMMON_ERRORS: Final = (
+    "overloaded",
+    "rate_limited",
     "unauthorized",
     "forbidden",
     "not_found",
@@ -270,6 +288,10 @@ _POST_ERRORS: Final = (
     "body_too_large",
     "idempotency_key_reused",
 )
+
+
+# Requests whose body is read raw by their handler (not a flat list of fields).
+_REQUEST_SCHEMAS: Final[dict[str, dict[str, Any]]] = {bulk.BULK_PATH: bulk.REQUEST_SCHEMA}
 
 
 def _field_schema(field: Field) -> dict[str, Any]:
@@ -336,6 +358,13 @@ def _operation(operation: Operation) -> dict[str, Any]:
     ]
     if operation.query:
         codes.append("invalid_field")
+    priority = route_class(operation.method, operation.path)
+    if priority in (REPORTS, CONSOLE):
+        codes.append("degraded")
+    # A raw body that is not the bank's signed callback: a request with its own schema.
+    signed = operation.raw_body and operation.path not in _REQUEST_SCHEMAS
+    if operation.method == "PUT":
+        codes += ("malformed_json", "invalid_field", "body_too_large")
     if operation.method == "POST":
         parameters.append(
             {
@@ -348,7 +377,7 @@ def _operation(operation: Operation) -> dict[str, Any]:
             }
         )
         codes += _POST_ERRORS
-    if operation.raw_body:
+    if signed:
         parameters.append(
             {
                 "name": "X-Channel-Signature",
@@ -379,12 +408,17 @@ def _operation(operation: Operation) -> dict[str, Any]:
         "tags": list(operation.tags),
         "parameters": parameters,
         "responses": responses,
-        "security": [] if operation.raw_body else [{"bearer": []}],
+        "security": [] if signed else [{"bearer": []}],
         "x-roles": sorted(role.value for role in operation.roles),
+        "x-priority-class": CLASS_NAMES[priority],
     }
-    if operation.method == "POST":
-        if operation.raw_body:
-            body_schema: dict[str, Any] = {
+    if operation.description:
+        document["description"] = operation.description
+    if operation.method in ("POST", "PUT"):
+        if operation.path in _REQUEST_SCHEMAS:
+            body_schema: dict[str, Any] = _REQUEST_SCHEMAS[operation.path]
+        elif operation.raw_body:
+            body_schema = {
                 "type": "object",
                 "properties": {
                     "channel_reference": _STRING,

@@ -11,6 +11,7 @@ database are safe: every scheduled change is its own command and applies once.
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Final
 
@@ -19,9 +20,11 @@ import uvicorn
 from paycell.adapters.alipay.gateway import AlipayGateway
 from paycell.adapters.alipay.notify import AlipayNotifier, HttpNotifySender
 from paycell.adapters.alipay.store import GatewayStore
+from paycell.adapters.http import switches as sw
 from paycell.adapters.http.app import create_app
+from paycell.adapters.http.logging_setup import configure_json_logging
 from paycell.adapters.storage.platform_factory import open_platform_store
-from paycell.adapters.webhooks.dispatcher import WebhookDispatcher
+from paycell.adapters.webhooks.dispatcher import DEFAULT_BATCH, WebhookDispatcher
 from paycell.adapters.webhooks.sender import HttpWebhookSender
 from paycell.platform import Platform
 from paycell.service.ledger_service import LedgerService
@@ -33,14 +36,48 @@ BACKGROUND_INTERVAL_SECONDS: Final = 1.0
 _log = logging.getLogger(__name__)
 
 
-def _background_jobs(platform: Platform, lock: threading.RLock, stop: threading.Event) -> None:
+def _background_jobs(
+    platform: Platform, lock: threading.RLock, stop: threading.Event, switches: sw.Switches
+) -> None:
     while not stop.wait(BACKGROUND_INTERVAL_SECONDS):
         try:
             with lock:
-                platform.run_scheduler()
+                # The `scheduler` switch pauses the scheduler; the bank's answers (money
+                # already moving) are always taken.
+                if switches.on(sw.SCHEDULER):
+                    platform.run_scheduler()
                 platform.deliver_bank_callbacks()
         except Exception:  # a failed pass is logged and retried next second, never fatal
             _log.exception("background jobs failed; retrying in a second")
+
+
+def _while_switched_on(
+    switches: sw.Switches, name: str, step: Callable[[], object], what: str, stop: threading.Event
+) -> None:
+    """Run `step` once a second while the switch is on; skip (deferring the work) while off."""
+    while not stop.wait(BACKGROUND_INTERVAL_SECONDS):
+        if not switches.on(name):
+            continue
+        try:
+            step()
+        except Exception:  # a failed pass is logged and retried next second, never fatal
+            _log.exception("%s failed; retrying in a second", what)
+
+
+def _drain(
+    dispatcher: WebhookDispatcher, switches: sw.Switches, stop: threading.Event
+) -> Callable[[], None]:
+    """One pass of the dispatcher: batches back to back while they come full."""
+
+    def step() -> None:
+        while (
+            dispatcher.deliver_due(DEFAULT_BATCH).claimed >= DEFAULT_BATCH
+            and switches.on(sw.WEBHOOKS)
+            and not stop.is_set()
+        ):
+            pass
+
+    return step
 
 
 def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
@@ -48,13 +85,18 @@ def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
 
 
 def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> int:
+    configure_json_logging()
     platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
     gateway = AlipayGateway(platform, lock=lock)
-    app = create_app(platform, admin_key=admin_key, lock=lock, alipay=gateway)
+    switches = sw.Switches()
+    app = create_app(platform, admin_key=admin_key, lock=lock, alipay=gateway, switches=switches)
     stop = threading.Event()
     jobs = threading.Thread(
-        target=_background_jobs, args=(platform, lock, stop), name="paycell-jobs", daemon=True
+        target=_background_jobs,
+        args=(platform, lock, stop, switches),
+        name="paycell-jobs",
+        daemon=True,
     )
     # Webhooks go out from their own connection, outside the platform's lock: a slow merchant
     # endpoint never holds up payments. Leases make several servers on one database safe.
@@ -63,9 +105,16 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         webhook_store, LedgerService(webhook_store, platform.clock), platform.clock
     )
     sender = HttpWebhookSender()
+    # The `webhooks` switch defers delivery: passes are skipped, deliveries stay due.
     webhooks = threading.Thread(
-        target=WebhookDispatcher(webhook_service, sender).run,
-        args=(stop, BACKGROUND_INTERVAL_SECONDS),
+        target=_while_switched_on,
+        args=(
+            switches,
+            sw.WEBHOOKS,
+            _drain(WebhookDispatcher(webhook_service, sender), switches, stop),
+            "webhook dispatch",
+            stop,
+        ),
         name="paycell-webhooks",
         daemon=True,
     )
@@ -82,8 +131,8 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         notify_sender,
     )
     notifications = threading.Thread(
-        target=notifier.run,
-        args=(stop, BACKGROUND_INTERVAL_SECONDS),
+        target=_while_switched_on,
+        args=(switches, sw.WEBHOOKS, notifier.run_once, "alipay notifications", stop),
         name="paycell-alipay-notify",
         daemon=True,
     )

@@ -1,0 +1,303 @@
+"""POST /v1/orders/bulk-pay: many payments in one request, for aggregators.
+
+Authorization: a merchant cannot debit arbitrary users. Each item carries the buyer's
+one-time **payment code** (Alipay's bar-code "付款码": 18 digits, issued to the buyer by
+`POST /alipay/buyer/payment-codes` with the buyer's own key, valid 120 s, usable once), exactly
+what `alipay.trade.pay` (scene bar_code) redeems. The code is the buyer's consent to one
+payment; nothing else names a buyer. Each item is `create order` (idempotent by
+`out_trade_no`) + `redeem the code` + `pay from the buyer's wallet`, as bar-code pay does:
+
+- a refused item changes nothing: its code is given back and an order it created is closed;
+- an item retried after success (same out_trade_no and code) answers the paid order again
+  (`replayed: true`), so a whole bulk request is safe to resend; an Idempotency-Key on the
+  request replays the first response byte for byte.
+
+Each item gets its own result (`status` as the HTTP status the single call would have had,
+`code`, `message`, the order when paid); the request itself is 200 once its form is valid.
+At most BULK_ITEMS_MAX items (413 too_many_items) and BULK_BODY_LIMIT_BYTES bytes (413).
+"""
+
+from typing import Any, Final
+
+from paycell.adapters.alipay.gateway import AlipayGateway
+from paycell.adapters.http import render
+from paycell.adapters.http.auth import Role
+from paycell.adapters.http.errors import (
+    INVALID_FIELD,
+    PAYMENT_ERROR_STATUS,
+    TOO_MANY_ITEMS,
+    ApiError,
+)
+from paycell.adapters.http.metrics import Metrics
+from paycell.adapters.http.routing import Call, Operation, Reply
+from paycell.adapters.http.validation import Field, check_value, parse_json_object
+from paycell.core.payments.flows import OUT_TRADE_NO_LENGTH_MAX
+from paycell.core.payments.outcomes import PaymentError
+from paycell.core.payments.records import OrderStatus
+
+BULK_PATH: Final = "/v1/orders/bulk-pay"
+# 1,000 items: ~150 KB of JSON, about a second of platform work at ~1 ms a payment: big
+# enough to amortize a round trip, small enough that one request never holds the server long.
+BULK_ITEMS_MAX: Final = 1_000
+# 1,000 items of at most ~900 bytes each (long subjects) fit.
+BULK_BODY_LIMIT_BYTES: Final = 1024 * 1024
+PAYMENT_CODE_LENGTH_MAX: Final = 32
+INVALID_PAYMENT_CODE: Final = "invalid_payment_code"
+DUPLICATE_ITEM: Final = "duplicate_item"
+OK: Final = "ok"
+
+ITEM_FIELDS: Final = (
+    Field(
+        "out_trade_no",
+        "string",
+        "the merchant's order number, unique per merchant",
+        max_length=OUT_TRADE_NO_LENGTH_MAX,
+        example="T-1",
+    ),
+    Field("amount", "integer", "integer minor units", example=25_00),
+    Field("currency", "string", "ISO 4217 code (default CNY)", False, 3, example="CNY"),
+    Field("subject", "string", "what is sold", False, example="Oolong tea"),
+    Field(
+        "payment_code",
+        "string",
+        "the buyer's one-time payment code (POST /alipay/buyer/payment-codes)",
+        max_length=PAYMENT_CODE_LENGTH_MAX,
+        example="281234567890123456",
+    ),
+)
+# Codes an item can answer (besides `ok`), for the OpenAPI document.
+ITEM_CODES: Final = (
+    INVALID_FIELD,
+    INVALID_PAYMENT_CODE,
+    DUPLICATE_ITEM,
+    PaymentError.INVALID_AMOUNT.value,
+    PaymentError.UNSUPPORTED_CURRENCY.value,
+    PaymentError.ORDER_EXISTS_WITH_DIFFERENT_CONTENT.value,
+    PaymentError.ORDER_ALREADY_PAID.value,
+    PaymentError.ORDER_ALREADY_CLOSED.value,
+    PaymentError.ORDER_EXPIRED.value,
+    PaymentError.INSUFFICIENT_FUNDS.value,
+    PaymentError.USER_NOT_FOUND.value,
+    PaymentError.MERCHANT_NOT_FOUND.value,
+)
+
+ITEM_RESULT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "index": {"type": "integer", "description": "the item's position in `items`"},
+        "out_trade_no": {"type": "string"},
+        "status": {
+            "type": "integer",
+            "description": "the status the single payment would have answered",
+        },
+        "code": {"type": "string", "enum": [OK, *ITEM_CODES]},
+        "message": {"type": "string"},
+        "replayed": {"type": "boolean", "description": "already paid by an earlier request"},
+        "order": {"oneOf": [{"$ref": "#/components/schemas/Order"}, {"type": "null"}]},
+    },
+    "required": ["index", "out_trade_no", "status", "code", "message", "replayed", "order"],
+}
+RESPONSE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "object": {"const": "bulk_payment"},
+        "paid": {"type": "integer", "description": "items paid (including replays)"},
+        "failed": {"type": "integer"},
+        "results": {"type": "array", "items": {"$ref": "#/components/schemas/BulkPayItemResult"}},
+    },
+    "required": ["object", "paid", "failed", "results"],
+}
+REQUEST_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": BULK_ITEMS_MAX,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    f.name: {"type": f.kind, "description": f.description} for f in ITEM_FIELDS
+                },
+                "required": [f.name for f in ITEM_FIELDS if f.required],
+            },
+        }
+    },
+    "required": ["items"],
+}
+
+
+class _ItemError(Exception):
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _refused(error: PaymentError | None, message: str) -> _ItemError:
+    assert error is not None
+    return _ItemError(
+        error.value, message or error.value.replace("_", " "), PAYMENT_ERROR_STATUS[error]
+    )
+
+
+def _parse_item(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _ItemError(INVALID_FIELD, "an item must be a JSON object", 422)
+    known = {f.name for f in ITEM_FIELDS}
+    for name in value:
+        if name not in known:
+            raise _ItemError(INVALID_FIELD, f"{name}: is not a field of an item", 422)
+    item: dict[str, object] = {}
+    for field in ITEM_FIELDS:
+        if value.get(field.name) is None:
+            if field.required:
+                raise _ItemError(INVALID_FIELD, f"{field.name}: is required", 422)
+            continue
+        try:
+            item[field.name] = check_value(field, value[field.name])
+        except ApiError as problem:
+            raise _ItemError(INVALID_FIELD, problem.message, 422) from None
+    return item
+
+
+def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation, ...]:
+    def pay_one(call: Call, item: dict[str, object]) -> tuple[dict[str, object], bool]:
+        platform = call.platform
+        merchant_id = call.caller.party_id
+        out_trade_no = str(item["out_trade_no"])
+        amount = item["amount"]
+        assert isinstance(amount, int)
+        currency = str(item.get("currency") or "CNY").upper()
+        if currency not in platform.config.currencies:
+            raise _refused(
+                PaymentError.UNSUPPORTED_CURRENCY, f"currency {currency!r} is not enabled"
+            )
+        code_text = str(item["payment_code"])
+        store = gateway.store
+        now = platform.clock()
+        code = store.payment_code(code_text)
+        existing = platform.get_order_by_out_trade_no(merchant_id, out_trade_no)
+        if (
+            code is not None
+            and code.used_at
+            and existing is not None
+            and code.order_id == existing.id
+            and existing.buyer_id == code.user_id
+            and existing.amount == amount
+            and existing.status is not OrderStatus.WAIT_BUYER_PAY
+        ):
+            return render.record(existing, "order"), True
+        if code is None or code.used_at or code.expires_at <= now:
+            raise _ItemError(
+                INVALID_PAYMENT_CODE, "the payment code is invalid, used or expired", 422
+            )
+        if not store.use_payment_code(code_text, now):
+            raise _ItemError(
+                INVALID_PAYMENT_CODE, "the payment code is invalid, used or expired", 422
+            )
+        created = platform.create_order(
+            merchant_id,
+            out_trade_no,
+            amount,
+            currency=currency,
+            subject=str(item.get("subject", "")),
+        )
+        if created.error is not None:
+            store.release_payment_code(code_text)
+            raise _refused(created.error, created.message)
+        order = created.orders[0]
+        paid = platform.pay_order(order.id, code.user_id)
+        if paid.error is not None:
+            store.release_payment_code(code_text)
+            if existing is None:
+                platform.cancel_order(order.id, merchant_id)
+            raise _refused(paid.error, paid.message)
+        store.payment_code_paid(code_text, order.id)
+        return render.record(paid.orders[0], "order"), paid.replayed
+
+    def bulk_pay(call: Call) -> Reply:
+        data = parse_json_object(call.raw_body)
+        for name in data:
+            if name != "items":
+                raise ApiError(INVALID_FIELD, f"{name}: is not a field of this request")
+        items = data.get("items")
+        if not isinstance(items, list) or not items:
+            raise ApiError(INVALID_FIELD, "items: must be a non-empty array of payments")
+        if len(items) > BULK_ITEMS_MAX:
+            raise ApiError(
+                TOO_MANY_ITEMS, f"items: at most {BULK_ITEMS_MAX} per request, got {len(items)}"
+            )
+        results: list[dict[str, object]] = []
+        seen_numbers: set[str] = set()
+        seen_codes: set[str] = set()
+        paid = 0
+        for index, raw_item in enumerate(items):
+            number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
+            result: dict[str, object] = {
+                "index": index,
+                "out_trade_no": number if isinstance(number, str) else "",
+                "replayed": False,
+                "order": None,
+            }
+            try:
+                item = _parse_item(raw_item)
+                key = str(item["out_trade_no"])
+                code_text = str(item["payment_code"])
+                if key in seen_numbers or code_text in seen_codes:
+                    raise _ItemError(
+                        DUPLICATE_ITEM, "out_trade_no or payment_code repeats an earlier item", 422
+                    )
+                seen_numbers.add(key)
+                seen_codes.add(code_text)
+                order, replayed = pay_one(call, item)
+            except _ItemError as problem:
+                result.update(status=problem.status, code=problem.code, message=problem.message)
+                metrics.bulk_items(problem.code)
+            else:
+                paid += 1
+                result.update(
+                    status=200 if replayed else 201,
+                    code=OK,
+                    message="paid",
+                    replayed=replayed,
+                    order=order,
+                )
+                metrics.bulk_items(OK)
+            results.append(result)
+        return Reply(
+            200,
+            {
+                "object": "bulk_payment",
+                "paid": paid,
+                "failed": len(items) - paid,
+                "results": results,
+            },
+        )
+
+    return (
+        Operation(
+            "POST",
+            BULK_PATH,
+            frozenset({Role.MERCHANT}),
+            bulk_pay,
+            f"Pay up to {BULK_ITEMS_MAX} orders at once with buyers' one-time payment codes "
+            "(each item: its own result)",
+            "BulkPayment",
+            raw_body=True,
+            errors=(TOO_MANY_ITEMS, INVALID_FIELD, "malformed_json"),
+            description=(
+                "For aggregators. Each item creates an order (idempotent by out_trade_no) and "
+                "pays it from the wallet of the buyer whose one-time payment code it carries "
+                "(POST /alipay/buyer/payment-codes, 120 s, usable once): a merchant can only "
+                "charge buyers who gave it a code. A refused item changes nothing (its code is "
+                "given back). The answer is 200 with one result per item, in order; resending "
+                f"the same items answers the paid ones again (replayed). At most {BULK_ITEMS_MAX}"
+                f" items and {BULK_BODY_LIMIT_BYTES // 1024} KiB."
+            ),
+            tags=("orders",),
+        ),
+    )

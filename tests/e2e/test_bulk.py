@@ -1,0 +1,138 @@
+"""POST /v1/orders/bulk-pay: many payments in one request, each with its own result, paid only
+with buyers' one-time payment codes."""
+
+from typing import Any
+
+from paycell.adapters.http.bulk import BULK_ITEMS_MAX
+from tests.e2e.conftest import Party, World
+
+
+def _code(world: World, user: Party) -> str:
+    response = world.client.post("/alipay/buyer/payment-codes", headers=user.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["auth_code"])
+
+
+def _bulk(world: World, merchant: Party, items: list[dict[str, Any]], **headers: str) -> Any:
+    return world.client.post(
+        "/v1/orders/bulk-pay", json={"items": items}, headers={**merchant.headers, **headers}
+    )
+
+
+def test_bulk_pay_gives_each_item_its_result(world: World) -> None:
+    shop = world.new_merchant()
+    alice, bob = world.new_user("alice"), world.new_user("bob")
+    world.top_up(alice, 100_00, "a")
+    world.top_up(bob, 10_00, "b")
+    items = [
+        {"out_trade_no": "B-1", "amount": 30_00, "payment_code": _code(world, alice)},
+        {"out_trade_no": "B-2", "amount": 20_00, "payment_code": _code(world, bob)},  # too much
+        {"out_trade_no": "B-3", "amount": 5_00, "payment_code": "281111111111111111"},  # unknown
+        {"out_trade_no": "B-4", "amount": 1.5, "payment_code": _code(world, alice)},  # float
+        {"out_trade_no": "B-1", "amount": 30_00, "payment_code": _code(world, alice)},  # repeat
+        {"out_trade_no": "B-5", "amount": 5_00, "currency": "XXX", "payment_code": "28"},
+    ]
+    response = _bulk(world, shop, items)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "bulk_payment"
+    assert (body["paid"], body["failed"]) == (1, 5)
+    results = body["results"]
+    assert [r["index"] for r in results] == list(range(6))
+    assert [(r["status"], r["code"]) for r in results] == [
+        (201, "ok"),
+        (409, "insufficient_funds"),
+        (422, "invalid_payment_code"),
+        (422, "invalid_field"),
+        (422, "duplicate_item"),
+        (422, "unsupported_currency"),
+    ]
+    assert results[0]["order"]["status"] == "TRADE_SUCCESS"
+    assert results[0]["order"]["buyer_id"] == alice.id
+    assert world.wallet(alice) == 70_00
+    assert world.wallet(bob) == 10_00
+    # The refused order was closed, and bob's code was given back: it pays a cheaper one.
+    assert world.platform.get_order_by_out_trade_no(shop.id, "B-2").status.value == "TRADE_CLOSED"
+    again = _bulk(
+        world,
+        shop,
+        [{"out_trade_no": "B-6", "amount": 5_00, "payment_code": items[1]["payment_code"]}],
+    )
+    assert again.json()["results"][0]["code"] == "ok"
+    assert world.wallet(bob) == 5_00
+
+
+def test_bulk_pay_resent_answers_paid_items_again(world: World) -> None:
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 100_00)
+    items = [
+        {"out_trade_no": f"R-{i}", "amount": 10_00, "payment_code": _code(world, alice)}
+        for i in range(3)
+    ]
+    first = _bulk(world, shop, items)
+    assert [r["code"] for r in first.json()["results"]] == ["ok"] * 3
+    second = _bulk(world, shop, items)
+    assert second.status_code == 200
+    assert [(r["status"], r["code"], r["replayed"]) for r in second.json()["results"]] == [
+        (200, "ok", True)
+    ] * 3
+    assert world.wallet(alice) == 70_00
+    # A used code cannot pay a new order.
+    third = _bulk(
+        world,
+        shop,
+        [{"out_trade_no": "R-new", "amount": 1_00, "payment_code": items[0]["payment_code"]}],
+    )
+    assert third.json()["results"][0]["code"] == "invalid_payment_code"
+    assert world.wallet(alice) == 70_00
+
+
+def test_bulk_pay_limits_and_authorization(sqlite_world: World) -> None:
+    world = sqlite_world
+    shop = world.new_merchant()
+    alice = world.new_user()
+    item = {"out_trade_no": "L", "amount": 1, "payment_code": "281234567890123456"}
+    too_many = _bulk(world, shop, [item] * (BULK_ITEMS_MAX + 1))
+    assert too_many.status_code == 413
+    assert too_many.json()["error"]["code"] == "too_many_items"
+    assert _bulk(world, shop, []).status_code == 422
+    assert (
+        world.client.post(
+            "/v1/orders/bulk-pay", json={"items": [item], "extra": 1}, headers=shop.headers
+        ).status_code
+        == 422
+    )
+    assert (
+        world.client.post("/v1/orders/bulk-pay", content=b"[1,2", headers=shop.headers).json()[
+            "error"
+        ]["code"]
+        == "malformed_json"
+    )
+    # Only merchants; a user cannot submit payments in bulk.
+    assert _bulk(world, alice, [item]).status_code == 403
+    assert world.client.post("/v1/orders/bulk-pay", json={"items": [item]}).status_code == 401
+    # A thousand items fit the body limit.
+    full = _bulk(
+        world,
+        shop,
+        [
+            {**item, "out_trade_no": f"L-{i}", "payment_code": f"28{i:016d}"}
+            for i in range(BULK_ITEMS_MAX)
+        ],
+    )
+    assert full.status_code == 200
+    assert full.json()["failed"] == BULK_ITEMS_MAX
+
+
+def test_bulk_pay_with_an_idempotency_key_replays(sqlite_world: World) -> None:
+    world = sqlite_world
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 10_00)
+    items = [{"out_trade_no": "K-1", "amount": 1_00, "payment_code": _code(world, alice)}]
+    first = _bulk(world, shop, items, **{"Idempotency-Key": "k1"})
+    second = _bulk(world, shop, items, **{"Idempotency-Key": "k1"})
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    assert first.json() == second.json()
+    assert world.wallet(alice) == 9_00
