@@ -34,6 +34,7 @@ from paycell.adapters.http.validation import Field, check_value, parse_json_obje
 from paycell.core.payments.flows import OUT_TRADE_NO_LENGTH_MAX
 from paycell.core.payments.outcomes import PaymentError
 from paycell.core.payments.records import OrderStatus
+from paycell.service.platform import OrderPayment
 
 BULK_PATH: Final = "/v1/orders/bulk-pay"
 # 1,000 items: ~150 KB of JSON, about a second of platform work at ~1 ms a payment: big
@@ -165,7 +166,11 @@ def _parse_item(value: object) -> dict[str, object]:
 
 
 def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation, ...]:
-    def pay_one(call: Call, item: dict[str, object]) -> tuple[dict[str, object], bool]:
+    def reserve_one(
+        call: Call, item: dict[str, object]
+    ) -> tuple[dict[str, object], bool] | tuple[OrderPayment, str]:
+        """Check one item and take its payment code; an item already paid with this code
+        answers at once (a replay): ((order, True)); otherwise (payment, code)."""
         platform = call.platform
         merchant_id = call.caller.party_id
         out_trade_no = str(item["out_trade_no"])
@@ -199,25 +204,10 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
             raise _ItemError(
                 INVALID_PAYMENT_CODE, "the payment code is invalid, used or expired", 422
             )
-        created = platform.create_order(
-            merchant_id,
-            out_trade_no,
-            amount,
-            currency=currency,
-            subject=str(item.get("subject", "")),
+        payment = OrderPayment(
+            out_trade_no, amount, code.user_id, currency, str(item.get("subject", ""))
         )
-        if created.error is not None:
-            store.release_payment_code(code_text)
-            raise _refused(created.error, created.message)
-        order = created.orders[0]
-        paid = platform.pay_order(order.id, code.user_id)
-        if paid.error is not None:
-            store.release_payment_code(code_text)
-            if existing is None:
-                platform.cancel_order(order.id, merchant_id)
-            raise _refused(paid.error, paid.message)
-        store.payment_code_paid(code_text, order.id)
-        return render.record(paid.orders[0], "order"), paid.replayed
+        return payment, code_text
 
     def bulk_pay(call: Call) -> Reply:
         data = parse_json_object(call.raw_body)
@@ -234,7 +224,8 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
         results: list[dict[str, object]] = []
         seen_numbers: set[str] = set()
         seen_codes: set[str] = set()
-        paid = 0
+        # Items that passed their checks and hold their payment code, paid below as one group.
+        reserved: list[tuple[dict[str, object], OrderPayment, str]] = []
         for index, raw_item in enumerate(items):
             number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
             result: dict[str, object] = {
@@ -243,6 +234,7 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
                 "replayed": False,
                 "order": None,
             }
+            results.append(result)
             try:
                 item = _parse_item(raw_item)
                 key = str(item["out_trade_no"])
@@ -253,21 +245,41 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
                     )
                 seen_numbers.add(key)
                 seen_codes.add(code_text)
-                order, replayed = pay_one(call, item)
+                outcome = reserve_one(call, item)
             except _ItemError as problem:
                 result.update(status=problem.status, code=problem.code, message=problem.message)
-                metrics.bulk_items(problem.code)
+                continue
+            if isinstance(outcome[0], OrderPayment):
+                payment, code_text = outcome
+                assert isinstance(payment, OrderPayment)
+                assert isinstance(code_text, str)
+                reserved.append((result, payment, code_text))
             else:
-                paid += 1
-                result.update(
-                    status=200 if replayed else 201,
-                    code=OK,
-                    message="paid",
-                    replayed=replayed,
-                    order=order,
-                )
-                metrics.bulk_items(OK)
-            results.append(result)
+                result.update(status=200, code=OK, message="paid", replayed=True, order=outcome[0])
+        # One unit of work and one commit for every reserved payment (group commit); each
+        # still applies wholly or not at all.
+        decisions = call.platform.create_and_pay_orders(
+            call.caller.party_id, [payment for _, payment, _ in reserved]
+        )
+        for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
+            if decision.error is not None:
+                gateway.store.release_payment_code(code_text)
+                refusal = _refused(decision.error, decision.message)
+                result.update(status=refusal.status, code=refusal.code, message=refusal.message)
+                continue
+            paid_order = decision.orders[0]
+            gateway.store.payment_code_paid(code_text, paid_order.id)
+            result.update(
+                status=200 if decision.replayed else 201,
+                code=OK,
+                message="paid",
+                replayed=decision.replayed,
+                order=render.record(paid_order, "order"),
+            )
+        paid = 0
+        for result in results:
+            metrics.bulk_items(str(result["code"]))
+            paid += result["code"] == OK
         return Reply(
             200,
             {

@@ -1,0 +1,116 @@
+"""Bulk payments through the HTTP API: `POST /v1/orders/bulk-pay` with 1,000 items a request.
+
+Starts the REST API under uvicorn on a free 127.0.0.1 port over a fresh SQLite file (or
+`--database`), creates buyers with money and one merchant, issues each payment's one-time
+payment code in-process (what buyers' phones would do), then times the bulk requests alone
+and prints one JSON line. Each request is one group commit: every payment in it shares one
+database transaction.
+
+    .venv/bin/python bench/bulk.py --requests 10
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import uvicorn
+
+from paycell.adapters.alipay.gateway import AlipayGateway
+from paycell.adapters.http import create_app
+from paycell.adapters.http.logging_setup import ACCESS_LOG_ENVIRONMENT_VARIABLE
+from paycell.core.payments.records import PartyKind
+from paycell.platform import Platform
+
+ADMIN_KEY = "bench-admin-key"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--items", type=int, default=1_000)
+    parser.add_argument("--buyers", type=int, default=200)
+    parser.add_argument("--database", help="default: a temporary SQLite file")
+    arguments = parser.parse_args()
+    os.environ.setdefault(ACCESS_LOG_ENVIRONMENT_VARIABLE, "off")
+
+    directory = tempfile.TemporaryDirectory(prefix="paycell-bulk-")
+    database = arguments.database or os.path.join(directory.name, "bulk.db")
+    platform = Platform(database)
+    lock = threading.RLock()
+    gateway = AlipayGateway(platform, lock=lock)
+    app = create_app(platform, admin_key=ADMIN_KEY, lock=lock, alipay=gateway)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    print("setting up buyers and a merchant", file=sys.stderr)
+    buyers = [platform.create_user(f"buyer {n}") for n in range(arguments.buyers)]
+    for buyer in buyers:
+        assert platform.request_top_up(buyer.id, "bench", 10_000_000_00).ok
+    platform.deliver_bank_callbacks()
+    merchant = platform.create_merchant(
+        "shop", fee_rate_basis_points=60, settlement_bank_account="1"
+    )
+    key = platform.issue_api_key(PartyKind.MERCHANT, merchant.id)
+
+    seconds: list[float] = []
+    paid = 0
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        for number in range(arguments.requests):
+            items = [
+                {
+                    "out_trade_no": f"B{number}-{i}",
+                    "amount": 100 + i,
+                    "payment_code": gateway.issue_payment_code(buyers[i % len(buyers)].id).code,
+                }
+                for i in range(arguments.items)
+            ]
+            started = time.perf_counter()
+            response = client.post(
+                "/v1/orders/bulk-pay",
+                json={"items": items},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            seconds.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+            paid += response.json()["paid"]
+            print(f"\rrequest {number + 1}/{arguments.requests}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    server.should_exit = True
+    thread.join(timeout=10)
+    gateway.close()
+    report = platform.verify()
+    platform.close()
+    median = statistics.median(seconds)
+    print(
+        json.dumps(
+            {
+                "bench": "bulk_pay_http",
+                "backend": "sqlite",
+                "requests": arguments.requests,
+                "items_per_request": arguments.items,
+                "paid": paid,
+                "payments_per_second_median": round(arguments.items / median),
+                "request_seconds_median": round(median, 3),
+                "verify_ok": report.ok,
+            }
+        )
+    )
+    directory.cleanup()
+    return 0 if report.ok and paid == arguments.requests * arguments.items else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
