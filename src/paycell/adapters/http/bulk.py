@@ -226,56 +226,72 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
         seen_codes: set[str] = set()
         # Items that passed their checks and hold their payment code, paid below as one group.
         reserved: list[tuple[dict[str, object], OrderPayment, str]] = []
-        for index, raw_item in enumerate(items):
-            number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
-            result: dict[str, object] = {
-                "index": index,
-                "out_trade_no": number if isinstance(number, str) else "",
-                "replayed": False,
-                "order": None,
-            }
-            results.append(result)
-            try:
-                item = _parse_item(raw_item)
-                key = str(item["out_trade_no"])
-                code_text = str(item["payment_code"])
-                if key in seen_numbers or code_text in seen_codes:
-                    raise _ItemError(
-                        DUPLICATE_ITEM, "out_trade_no or payment_code repeats an earlier item", 422
+        # The payment codes are taken in one transaction of the gateway's store, and marked
+        # paid or given back in another: two commits for the whole request, not two per item.
+        # No platform write happens while that store's transaction is open.
+        with gateway.store.transaction():
+            for index, raw_item in enumerate(items):
+                number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
+                result: dict[str, object] = {
+                    "index": index,
+                    "out_trade_no": number if isinstance(number, str) else "",
+                    "replayed": False,
+                    "order": None,
+                }
+                results.append(result)
+                try:
+                    item = _parse_item(raw_item)
+                    key = str(item["out_trade_no"])
+                    code_text = str(item["payment_code"])
+                    if key in seen_numbers or code_text in seen_codes:
+                        raise _ItemError(
+                            DUPLICATE_ITEM,
+                            "out_trade_no or payment_code repeats an earlier item",
+                            422,
+                        )
+                    seen_numbers.add(key)
+                    seen_codes.add(code_text)
+                    outcome = reserve_one(call, item)
+                except _ItemError as problem:
+                    result.update(status=problem.status, code=problem.code, message=problem.message)
+                    continue
+                if isinstance(outcome[0], OrderPayment):
+                    payment, code_text = outcome
+                    assert isinstance(payment, OrderPayment)
+                    assert isinstance(code_text, str)
+                    reserved.append((result, payment, code_text))
+                else:
+                    result.update(
+                        status=200, code=OK, message="paid", replayed=True, order=outcome[0]
                     )
-                seen_numbers.add(key)
-                seen_codes.add(code_text)
-                outcome = reserve_one(call, item)
-            except _ItemError as problem:
-                result.update(status=problem.status, code=problem.code, message=problem.message)
-                continue
-            if isinstance(outcome[0], OrderPayment):
-                payment, code_text = outcome
-                assert isinstance(payment, OrderPayment)
-                assert isinstance(code_text, str)
-                reserved.append((result, payment, code_text))
-            else:
-                result.update(status=200, code=OK, message="paid", replayed=True, order=outcome[0])
         # One unit of work and one commit for every reserved payment (group commit); each
         # still applies wholly or not at all.
-        decisions = call.platform.create_and_pay_orders(
-            call.caller.party_id, [payment for _, payment, _ in reserved]
-        )
-        for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
-            if decision.error is not None:
-                gateway.store.release_payment_code(code_text)
-                refusal = _refused(decision.error, decision.message)
-                result.update(status=refusal.status, code=refusal.code, message=refusal.message)
-                continue
-            paid_order = decision.orders[0]
-            gateway.store.payment_code_paid(code_text, paid_order.id)
-            result.update(
-                status=200 if decision.replayed else 201,
-                code=OK,
-                message="paid",
-                replayed=decision.replayed,
-                order=render.record(paid_order, "order"),
+        try:
+            decisions = call.platform.create_and_pay_orders(
+                call.caller.party_id, [payment for _, payment, _ in reserved]
             )
+        except BaseException:
+            # The group rolled back whole: give every code back before reporting the failure.
+            with gateway.store.transaction():
+                for _result, _payment, code_text in reserved:
+                    gateway.store.release_payment_code(code_text)
+            raise
+        with gateway.store.transaction():
+            for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
+                if decision.error is not None:
+                    gateway.store.release_payment_code(code_text)
+                    refusal = _refused(decision.error, decision.message)
+                    result.update(status=refusal.status, code=refusal.code, message=refusal.message)
+                    continue
+                paid_order = decision.orders[0]
+                gateway.store.payment_code_paid(code_text, paid_order.id)
+                result.update(
+                    status=200 if decision.replayed else 201,
+                    code=OK,
+                    message="paid",
+                    replayed=decision.replayed,
+                    order=render.record(paid_order, "order"),
+                )
         paid = 0
         for result in results:
             metrics.bulk_items(str(result["code"]))
