@@ -28,6 +28,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.types.numeric import IntLoader
 
+from paycell.adapters.storage.journal_rows import read_batch_records
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.journal import GENESIS_HASH, Expiry, Failure, JournalEntry
 from paycell.core.types import (
@@ -555,47 +556,16 @@ class PostgresStore:
     def batch_records(
         self, entry: JournalEntry
     ) -> tuple[list[Account], list[Transfer], list[Expiry], list[Failure]]:
-        bounds = (entry.timestamp_first, entry.timestamp_last)
-        connection = self._connection
-        accounts = [
-            _account_from_row(row)._replace(
-                debits_pending=0,
-                debits_posted=0,
-                credits_pending=0,
-                credits_posted=0,
-                flags=row[13],
-            )
-            for row in connection.execute(
-                f"SELECT {_ACCOUNT_COLUMNS}, created_flags FROM accounts "
-                "WHERE timestamp BETWEEN %s AND %s ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        transfers = [
-            _transfer_from_row(row)
-            for row in connection.execute(
-                f"SELECT {_TRANSFER_COLUMNS} FROM transfers "
-                "WHERE timestamp BETWEEN %s AND %s ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        expiries = [
-            Expiry(row[0], row[1])
-            for row in connection.execute(
-                "SELECT pending_id, timestamp FROM expiries "
-                "WHERE timestamp BETWEEN %s AND %s ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        failures = [
-            Failure(row[0], row[1], row[2])
-            for row in connection.execute(
-                "SELECT id, result, timestamp FROM failed_transfers "
-                "WHERE timestamp BETWEEN %s AND %s ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        return accounts, transfers, expiries, failures
+        return read_batch_records(
+            entry,
+            self._connection.execute,
+            "%s",
+            _ACCOUNT_COLUMNS,
+            _TRANSFER_COLUMNS,
+            _account_from_row,
+            _transfer_from_row,
+            int,
+        )
 
     def all_accounts(self) -> Iterator[Account]:
         for row in self._stream(

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+from paycell.adapters.storage.journal_rows import read_batch_records
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.journal import GENESIS_HASH, Expiry, Failure, JournalEntry
 from paycell.core.types import (
@@ -576,47 +577,16 @@ class SqliteStore:
     def batch_records(
         self, entry: JournalEntry
     ) -> tuple[list[Account], list[Transfer], list[Expiry], list[Failure]]:
-        bounds = (entry.timestamp_first, entry.timestamp_last)
-        connection = self._connection
-        accounts = [
-            _account_from_row(row)._replace(
-                debits_pending=0,
-                debits_posted=0,
-                credits_pending=0,
-                credits_posted=0,
-                flags=row[13],
-            )
-            for row in connection.execute(
-                f"SELECT {_ACCOUNT_COLUMNS}, created_flags FROM accounts "
-                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        transfers = [
-            _transfer_from_row(row)
-            for row in connection.execute(
-                f"SELECT {_TRANSFER_COLUMNS} FROM transfers "
-                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        expiries = [
-            Expiry(decode(row[0]), row[1])
-            for row in connection.execute(
-                "SELECT pending_id, timestamp FROM expiries "
-                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        failures = [
-            Failure(decode(row[0]), row[1], row[2])
-            for row in connection.execute(
-                "SELECT id, result, timestamp FROM failed_transfers "
-                "WHERE timestamp BETWEEN ? AND ? ORDER BY timestamp",
-                bounds,
-            )
-        ]
-        return accounts, transfers, expiries, failures
+        return read_batch_records(
+            entry,
+            self._connection.execute,
+            "?",
+            _ACCOUNT_COLUMNS,
+            _TRANSFER_COLUMNS,
+            _account_from_row,
+            _transfer_from_row,
+            decode,
+        )
 
     def all_accounts(self) -> Iterator[Account]:
         for row in self._connection.execute(
