@@ -16,6 +16,7 @@ ALLOWED_MODULES = {
     "enum",
     "hashlib",
     "hmac",
+    "itertools",
     "typing",
 }
 

@@ -10,9 +10,10 @@ Each write is one unit of work under the store's writer lock:
 import gc
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from paycell.core import state_machine
-from paycell.core.batch import CommittedBatch, LedgerMeta
+from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState, merge_batches
 from paycell.core.events import validate_accounts, validate_ids, validate_transfers
 from paycell.core.limits import BATCH_EVENTS_MAX
 from paycell.core.queries import account_filter_is_valid, page_limit, query_filter_is_valid
@@ -27,6 +28,8 @@ from paycell.core.types import (
 )
 from paycell.service.account_cache import AccountCache
 from paycell.service.ports import LedgerStore, WriteUnit
+
+V = TypeVar("V")
 
 Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the Unix epoch."""
@@ -47,6 +50,84 @@ def _garbage_collection_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+class GroupedWriteUnit:
+    """A write unit for group commit: the ledger batches that a group's commands save are
+    held in memory and written at the end as ONE merged batch (`merge_batches`), so a hot
+    account is updated once per group and the journal gains one entry.
+
+    Reads see the held batches over the database's state, so each command of the group
+    decides on the balances, transfers and pending states its predecessors left. Everything
+    else (the platform's records) goes straight to the underlying unit.
+    """
+
+    def __init__(self, unit: WriteUnit) -> None:
+        self._unit = unit
+        self.held: list[CommittedBatch] = []
+        self._accounts: dict[int, Account] = {}
+        self._transfers: dict[int, Transfer] = {}
+        self._pending: dict[int, PendingState] = {}
+        self._failed: dict[int, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._unit, name)
+
+    def meta(self) -> LedgerMeta:
+        # The held batches have advanced the chain past what the database says.
+        assert not self.held, "read the meta before the group holds batches"
+        return self._unit.meta()
+
+    def save(self, batch: CommittedBatch) -> None:
+        self.held.append(batch)
+        for account in batch.accounts_created:
+            self._accounts[account.id] = account
+        self._accounts.update(batch.accounts_updated)
+        for transfer in batch.transfers_created:
+            self._transfers[transfer.id] = transfer
+        self._pending.update(batch.pending_created)
+        for pending_id, status in batch.pending_resolved.items():
+            before = (
+                self._pending.get(pending_id) or self._unit.pending_states([pending_id])[pending_id]
+            )
+            self._pending[pending_id] = PendingState(status, before.expires_at)
+        for failure in batch.failures:
+            self._failed[failure.id] = failure.result
+
+    def accounts_by_id(self, ids: Collection[int]) -> dict[int, Account]:
+        return self._overlaid(ids, self._accounts, self._unit.accounts_by_id)
+
+    def transfers_by_id(self, ids: Collection[int]) -> dict[int, Transfer]:
+        return self._overlaid(ids, self._transfers, self._unit.transfers_by_id)
+
+    def pending_states(self, ids: Collection[int]) -> dict[int, PendingState]:
+        return self._overlaid(ids, self._pending, self._unit.pending_states)
+
+    def failed_results(self, ids: Collection[int]) -> dict[int, str]:
+        return self._overlaid(ids, self._failed, self._unit.failed_results)
+
+    def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
+        # Expiry runs once at the start of a group, before anything is held; held pending
+        # transfers are not in the database's due index yet.
+        assert not self.held, "expire due transfers before the group holds batches"
+        return self._unit.due_pending_transfers(timestamp, limit)
+
+    def write_held(self) -> CommittedBatch | None:
+        """Write the held batches as one and return it (None when nothing was held)."""
+        if not self.held:
+            return None
+        merged = merge_batches(self.held)
+        self._unit.save(merged)
+        return merged
+
+    @staticmethod
+    def _overlaid(
+        ids: Collection[int], held: dict[int, V], read: Callable[[Collection[int]], dict[int, V]]
+    ) -> dict[int, V]:
+        found = {i: held[i] for i in ids if i in held}
+        if len(found) < len(ids):
+            found.update(read([i for i in ids if i not in found]))
+        return found
 
 
 class LedgerService:
@@ -121,6 +202,26 @@ class LedgerService:
             raise
         if committed:
             self.account_cache.remember_committed(committed, committed[-1].meta_after)
+
+    @contextmanager
+    def grouped_unit_of_work(
+        self, committed: list[CommittedBatch]
+    ) -> Iterator[tuple[GroupedWriteUnit, LedgerMeta]]:
+        """One write transaction for a group of commands whose ledger batches are written as
+        one (see `GroupedWriteUnit`). Save batches through the yielded unit and append them to
+        `committed`, as in `unit_of_work`; at the end `committed` holds the merged batch, the
+        one the database and the account cache then agree on."""
+        with self.unit_of_work(committed) as (unit, meta):
+            grouped = GroupedWriteUnit(unit)
+            yield grouped, meta
+            # Every batch the group committed must have gone through the grouped unit, or the
+            # cache would learn of batch numbers the database never had.
+            assert len(committed) == len(grouped.held), "a group's batches go through it"
+            assert all(mine is held for mine, held in zip(committed, grouped.held, strict=True)), (
+                "a group's batches must be saved in the group"
+            )
+            merged = grouped.write_held()
+            committed[:] = [merged] if merged is not None else []
 
     def accounts_in_unit(self, unit: WriteUnit, ids: Collection[int]) -> dict[int, Account]:
         found, missing = self.account_cache.split(ids)
