@@ -38,6 +38,9 @@ BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
 # Chunk size for `IN (...)` lists; SQLite here allows far more variables, this bounds one query.
 _IN_CHUNK: Final = 16_384
 
+WAL_CHECKPOINT_PAGES: Final = 16_384
+WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
@@ -431,6 +434,12 @@ class SqliteStore:
         self._connection.execute("PRAGMA journal_mode = WAL")
         self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute("PRAGMA cache_size = -65536")
+        # Checkpoint every 64 MB of WAL instead of SQLite's 4 MB: an account page that every
+        # batch dirties is then copied into the database file once per checkpoint rather than
+        # every few batches (sustained batches of 100 run about twice as fast). The limit
+        # trims the WAL file back after a checkpoint so it does not stay at its peak size.
+        self._connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        self._connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         self._connection.execute("PRAGMA temp_store = MEMORY")
         self._create_schema()
 
