@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
         "peak_multiple": report["config"]["peak_multiple"],
         "processes": report["config"]["processes"],
         "concurrency": report["config"]["concurrency"],
+        "client": report["config"].get("client", "httpx"),
         "payments_ok": payments["ok"],
         "payments_sent": payments["sent"],
         "payments_per_second_sustained": payments["sustained_per_second"],

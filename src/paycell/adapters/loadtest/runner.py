@@ -3,6 +3,7 @@ report, check the books, and (when it started the server) run `paycell verify`."
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import resource
@@ -18,7 +19,7 @@ import httpx
 
 from paycell.adapters.loadtest import books as books_module
 from paycell.adapters.loadtest.curve import PAY, Curve, Planned, plan
-from paycell.adapters.loadtest.driver import Item, Record, Workers, WorkerSpec
+from paycell.adapters.loadtest.driver import CLIENTS, RAW, Item, Record, Workers, WorkerSpec
 from paycell.adapters.loadtest.report import build_report, phase_at, progress_line, write_chart
 from paycell.adapters.loadtest.server import ServerFailedError, StartedServer, start_server
 from paycell.adapters.loadtest.setup import SetupFailedError, World, create_world
@@ -60,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="in flight, all processes")
     parser.add_argument("--processes", type=int, default=1, help="generator processes")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=RAW,
+        help="the generator's HTTP client: raw (a minimal keep-alive client) or httpx (slower)",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--report-json", default=None, metavar="FILE")
     parser.add_argument("--chart", default=None, metavar="FILE.png", help="needs matplotlib")
@@ -118,8 +125,9 @@ def _drive(
     per_worker = max(arguments.concurrency // processes, 1)
     lead = 2.0 if processes > 1 else 0.3
     start = time.monotonic() + lead
+    timeout, client = arguments.request_timeout, arguments.client
     specs = [
-        WorkerSpec(w, url, items[w::processes], start, per_worker, arguments.request_timeout)
+        WorkerSpec(w, url, items[w::processes], start, per_worker, timeout, client)
         for w in range(processes)
     ]
     cpu_before = _cpu_seconds()
@@ -127,7 +135,7 @@ def _drive(
     records: list[Record] = []
     pending_second: list[Record] = []
     shown = 0
-    send_times = [i.send_at for i in items]
+    send_times = sorted(i.send_at for i in items)  # the plan's order already
     deadline = start + curve.duration + arguments.request_timeout + SETTLE_MARGIN_SECONDS
     failures: list[str] = []
     while workers.pending:
@@ -138,7 +146,7 @@ def _drive(
         while shown + 1 <= now:
             this = [r for r in pending_second if int(r.done) <= shown]
             pending_second = [r for r in pending_second if int(r.done) > shown]
-            due = sum(1 for t in send_times if t <= shown + 1)
+            due = bisect.bisect_right(send_times, shown + 1)
             say(progress_line(shown, this, max(due - len(records), 0), phase_at(curve, shown)))
             shown += 1
         if time.monotonic() > deadline:
@@ -268,6 +276,7 @@ def run(arguments: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         "concurrency": arguments.concurrency,
         "processes": arguments.processes,
         "request_timeout": arguments.request_timeout,
+        "client": arguments.client,
         "seed": arguments.seed,
         "run_id": run_id,
     }
