@@ -7,6 +7,7 @@ and prints one JSON line. Each request is one group commit: every payment in it 
 database transaction.
 
     .venv/bin/python bench/bulk.py --requests 10
+    .venv/bin/python bench/bulk.py --backend postgres     # a throwaway PostgreSQL server
 """
 
 import argparse
@@ -37,7 +38,24 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1_000)
     parser.add_argument("--buyers", type=int, default=200)
     parser.add_argument("--database", help="default: a temporary SQLite file")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="postgres: start a throwaway PostgreSQL server on a loopback port and use it",
+    )
     arguments = parser.parse_args()
+    if arguments.backend == "postgres" and not arguments.database:
+        from paycell.adapters.storage.throwaway_postgres import PostgresServer
+
+        print("starting a throwaway PostgreSQL server", file=sys.stderr)
+        with PostgresServer() as server:
+            arguments.database = server.create_database("bulk")
+            return _bench(arguments)
+    return _bench(arguments)
+
+
+def _bench(arguments: argparse.Namespace) -> int:
     os.environ.setdefault(ACCESS_LOG_ENVIRONMENT_VARIABLE, "off")
 
     directory = tempfile.TemporaryDirectory(prefix="paycell-bulk-")
@@ -98,7 +116,7 @@ def main() -> int:
         json.dumps(
             {
                 "bench": "bulk_pay_http",
-                "backend": "sqlite",
+                "backend": "postgres" if database.startswith("postgres") else "sqlite",
                 "requests": arguments.requests,
                 "items_per_request": arguments.items,
                 "paid": paid,

@@ -4,6 +4,10 @@ JSON line of figures on stdout (the full report goes to --report-json, default a
     .venv/bin/python bench/peak.py                       # 60 s, base 200/s, spike x5, SQLite
     .venv/bin/python bench/peak.py --duration-seconds 30 --base-rate 400 --processes 2
 
+    .venv/bin/python bench/peak.py --backend postgres    # on a throwaway PostgreSQL server
+
+`--backend postgres` starts a PostgreSQL server of its own on a free loopback port (as the
+tests do), runs the loadtest's server on a fresh database there, and stops it at the end.
 Any `paycell loadtest` option may be given; these are only the defaults. The loadtest's own
 progress and summary go to stderr; the exit status is the loadtest's (1 if a books check or
 verify failed).
@@ -32,6 +36,27 @@ DEFAULTS = {
 
 def main(argv: list[str]) -> int:
     arguments = list(argv)
+    if "--backend" in arguments:
+        at = arguments.index("--backend")
+        backend = arguments[at + 1] if at + 1 < len(arguments) else ""
+        del arguments[at : at + 2]
+        if backend == "postgres":
+            return _on_postgres(arguments)
+        if backend != "sqlite":
+            print(f"peak: --backend is sqlite or postgres, not {backend!r}", file=sys.stderr)
+            return 2
+    return _run(arguments, "sqlite")
+
+
+def _on_postgres(arguments: list[str]) -> int:
+    from paycell.adapters.storage.throwaway_postgres import PostgresServer
+
+    print("peak: starting a throwaway PostgreSQL server", file=sys.stderr)
+    with PostgresServer() as server:
+        return _run([*arguments, "--database", server.create_database("peak")], "postgres")
+
+
+def _run(arguments: list[str], backend: str) -> int:
     for option, value in DEFAULTS.items():
         if option not in arguments:
             arguments += [option, value]
@@ -53,6 +78,7 @@ def main(argv: list[str]) -> int:
     payments = report["payments"]
     figures = {
         "bench": "peak",
+        "backend": backend,
         "duration_seconds": report["config"]["duration_seconds"],
         "base_rate": report["config"]["base_rate"],
         "peak_multiple": report["config"]["peak_multiple"],
