@@ -1,13 +1,19 @@
 """Group commit: many payments in one unit of work, one commit, each wholly or not at all."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from paycell.core.payments.outcomes import PaymentError
-from paycell.core.payments.records import OrderStatus
+from paycell.core.payments.outcomes import Decision, PaymentError
+from paycell.core.payments.records import OrderStatus, PartyKind
 from paycell.platform import Platform
-from paycell.service.platform import GROUP_PAYMENTS_MAX, OrderPayment
+from paycell.service.platform import (
+    GROUP_PAYMENTS_MAX,
+    OrderAction,
+    OrderCommand,
+    OrderPayment,
+)
+from paycell.service.platform_ports import IdempotencyRecord
 
 
 @pytest.fixture
@@ -53,8 +59,8 @@ def test_a_group_of_payments_commits_once_and_each_gets_its_own_result(
     assert merchant is not None
     # 10.00 + 2.00 + 20.00 less a 1% fee on each: 9.90 + 1.98 + 19.80.
     assert merchant.credits_posted == 9_90 + 1_98 + 19_80
-    # Three payments, one ledger batch each, all in the same commit.
-    assert platform.store.meta().batch_number == batches_before + 3
+    # Three payments, written as one ledger batch (one journal entry) in one commit.
+    assert platform.store.meta().batch_number == batches_before + 1
 
 
 def test_the_same_group_again_is_a_replay_that_moves_nothing(platform: Platform) -> None:
@@ -77,3 +83,89 @@ def test_groups_are_bounded(platform: Platform) -> None:
     too_many = [OrderPayment(f"X-{i}", 1, 1) for i in range(GROUP_PAYMENTS_MAX + 1)]
     with pytest.raises(ValueError, match="at most"):
         platform.create_and_pay_orders(shop.id, too_many)
+
+
+def _funded_buyers(platform: Platform, amounts: list[int]) -> list[int]:
+    buyers = []
+    for number, amount in enumerate(amounts):
+        buyer = platform.create_user(f"buyer {number}")
+        assert platform.request_top_up(buyer.id, f"t-{number}", amount).ok
+        buyers.append(buyer.id)
+    platform.deliver_bank_callbacks()
+    return buyers
+
+
+def test_order_commands_pay_in_one_ledger_batch_each_as_alone(platform: Platform) -> None:
+    shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
+    buyers = _funded_buyers(platform, [10_00, 1_00, 10_00])
+    orders = [platform.create_order(shop.id, f"O-{n}", 5_00).orders[0].id for n in range(3)]
+    batches_before = platform.store.meta().batch_number
+
+    outcomes = platform.run_order_commands(
+        [
+            OrderCommand(OrderAction.PAY, orders[0], buyers[0]),
+            OrderCommand(OrderAction.PAY, orders[1], buyers[1]),  # 1.00 for 5.00: refused
+            OrderCommand(OrderAction.PAY, orders[2], buyers[2]),
+            OrderCommand(OrderAction.PAY, orders[0], buyers[0]),  # again: a replay
+            OrderCommand(OrderAction.PAY, orders[2], buyers[0]),  # paid just before
+            OrderCommand(OrderAction.PAY, 999_999, buyers[0]),
+        ]
+    )
+
+    assert [o.decision.error for o in outcomes] == [
+        None,
+        PaymentError.INSUFFICIENT_FUNDS,
+        None,
+        None,
+        PaymentError.ORDER_ALREADY_PAID,
+        PaymentError.ORDER_NOT_FOUND,
+    ]
+    assert outcomes[3].decision.replayed
+    # Two successful payments, one ledger batch: the refused one left nothing in it.
+    assert platform.store.meta().batch_number == batches_before + 1
+    merchant = platform.balance_of_merchant(shop.id)
+    assert merchant is not None
+    assert merchant.credits_posted == 10_00
+    refused = platform.get_order(orders[1])
+    assert refused is not None
+    assert refused.status is OrderStatus.WAIT_BUYER_PAY
+    # The refused payment goes through alone once the buyer has the money.
+    assert platform.request_top_up(buyers[1], "more", 10_00).ok
+    platform.deliver_bank_callbacks()
+    assert platform.pay_order(orders[1], buyers[1]).ok
+
+
+def test_order_commands_keep_idempotency_records_in_the_same_commit(platform: Platform) -> None:
+    shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
+    [buyer] = _funded_buyers(platform, [10_00])
+    orders = [platform.create_order(shop.id, f"I-{n}", 1_00).orders[0].id for n in range(2)]
+    earlier = IdempotencyRecord(PartyKind.USER, buyer, "taken", "h0", 200, "{}", 1)
+    platform.save_idempotency_record(earlier)
+
+    def remember(key: str) -> Callable[[Decision], IdempotencyRecord]:
+        def record(decision: Decision) -> IdempotencyRecord:
+            body = decision.orders[0].status.value if decision.ok else str(decision.error)
+            return IdempotencyRecord(PartyKind.USER, buyer, key, "h1", 200, body, 2)
+
+        return record
+
+    outcomes = platform.run_order_commands(
+        [
+            OrderCommand(OrderAction.PAY, orders[0], buyer, remember("fresh")),
+            OrderCommand(OrderAction.PAY, orders[1], buyer, remember("taken")),
+        ]
+    )
+
+    fresh = platform.idempotency_record(PartyKind.USER, buyer, "fresh")
+    assert fresh is not None
+    assert fresh.body == "TRADE_SUCCESS"
+    assert outcomes[0].idempotency_record == fresh
+    # A record stored first for the same key wins; the caller answers with it.
+    assert outcomes[1].idempotency_record == earlier
+    assert platform.idempotency_record(PartyKind.USER, buyer, "taken") == earlier
+
+
+def test_order_command_groups_are_bounded(platform: Platform) -> None:
+    too_many = [OrderCommand(OrderAction.PAY, 1, 1)] * (GROUP_PAYMENTS_MAX + 1)
+    with pytest.raises(ValueError, match="at most"):
+        platform.run_order_commands(too_many)

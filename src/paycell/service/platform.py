@@ -17,6 +17,7 @@ import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final, NamedTuple, Protocol, cast
 
 from paycell.core.batch import CommittedBatch, LedgerMeta
@@ -148,6 +149,36 @@ class OrderPayment(NamedTuple):
     buyer_id: int
     currency: str = "CNY"
     subject: str = ""
+
+
+class OrderAction(StrEnum):
+    """A money-moving command on an existing order that can join a group
+    (`run_order_commands`). Only paying does for now; confirming receipt and refunding fit the
+    same shape (an order, a party, a decision) and can join when they need to."""
+
+    PAY = "pay"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCommand:
+    """One command of a group: `action` on order `order_id` by `party_id` (the buyer, to pay).
+
+    `remember`, when given, turns the command's decision into the idempotency record to keep
+    for it (its response, rendered by the caller) and is called inside the group's unit of
+    work, so the outcome and its remembered response commit together."""
+
+    action: OrderAction
+    order_id: int
+    party_id: int
+    remember: Callable[[Decision], IdempotencyRecord] | None = None
+
+
+class CommandOutcome(NamedTuple):
+    decision: Decision
+    # The record kept for the command's idempotency key: its own, or the one a concurrent
+    # request with the same key stored first (the caller answers with that one); None when the
+    # command had nothing to remember.
+    idempotency_record: IdempotencyRecord | None
 
 
 Decider = Callable[["PlatformWriteUnit", int], Decision]
@@ -446,8 +477,9 @@ class PlatformService:
     def create_and_pay_orders(
         self, merchant_id: int, payments: Sequence[OrderPayment]
     ) -> list[Decision]:
-        """Create and pay many orders in ONE unit of work: one commit for the whole group
-        (group commit), each payment still applied wholly or not at all.
+        """Create and pay many orders in ONE unit of work: one commit and one ledger batch for
+        the whole group (group commit), each payment still applied wholly or not at all, and
+        each account the group touches (the merchant's above all) updated once.
 
         For aggregators submitting in bulk. Each payment gets the `Decision` its pay command
         would have (or its order creation's rejection). A payment the ledger refuses leaves
@@ -457,7 +489,7 @@ class PlatformService:
             raise ValueError(f"at most {GROUP_PAYMENTS_MAX} payments per group")
         results: list[Decision] = []
         committed: list[CommittedBatch] = []
-        with self.ledger.unit_of_work(committed) as (ledger_unit, meta):
+        with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
             unit = cast(PlatformWriteUnit, ledger_unit)
             meta = self.ledger.expire_due(unit, meta, committed)
             for payment in payments:
@@ -510,6 +542,118 @@ class PlatformService:
                     )
                 results.append(paid)
         return results
+
+    def run_order_commands(self, commands: Sequence[OrderCommand]) -> list[CommandOutcome]:
+        """Run many order commands in ONE unit of work and ONE commit (group commit), each with
+        the decision it would have had alone, in the order given.
+
+        The money of every command that moves some goes into one ledger batch, each command's
+        transfers a linked chain of their own: a chain the ledger refuses (a wallet short of
+        funds) is dropped and the batch is run again without it, so a refused command writes
+        nothing, and every account the group touches, a hot merchant's balance above all, is
+        written once per group rather than once per payment. Commands on the same order run in
+        successive rounds, so the later one sees the earlier one's outcome, exactly as one after
+        the other. Each command's idempotency record (`OrderCommand.remember`) is kept in the
+        same unit; a record another request stored first for the same key wins.
+        At most `GROUP_PAYMENTS_MAX` commands per call."""
+        if len(commands) > GROUP_PAYMENTS_MAX:
+            raise ValueError(f"at most {GROUP_PAYMENTS_MAX} commands per group")
+        outcomes: list[CommandOutcome | None] = [None] * len(commands)
+        committed: list[CommittedBatch] = []
+        with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
+            unit = cast(PlatformWriteUnit, ledger_unit)
+            meta = self.ledger.expire_due(unit, meta, committed)
+            waiting = list(range(len(commands)))
+            while waiting:
+                this_round: list[int] = []
+                later: list[int] = []
+                orders: set[int] = set()
+                for index in waiting:
+                    order_id = commands[index].order_id
+                    (later if order_id in orders else this_round).append(index)
+                    orders.add(order_id)
+                decisions = {
+                    index: self._order_command_decider(commands[index])(unit, self.clock())
+                    for index in this_round
+                }
+                meta = self._apply_together(unit, meta, committed, decisions)
+                # The round's records in one write per table: its commands touch distinct
+                # orders, so no record appears twice.
+                records = Decision()
+                for index in this_round:
+                    decision = decisions[index]
+                    if decision.ok and not decision.replayed:
+                        _gather(records, decision)
+                unit.save_records(records)
+                for index in this_round:
+                    decision = decisions[index]
+                    outcomes[index] = CommandOutcome(
+                        decision, self._keep_record(unit, commands[index], decision)
+                    )
+                waiting = later
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _order_command_decider(self, command: OrderCommand) -> Decider:
+        if command.action is OrderAction.PAY:
+            return self._order_decider(command.order_id, None, self._pay_act(command.party_id))
+        raise ValueError(f"{command.action} cannot run in a group")
+
+    def _apply_together(
+        self,
+        unit: PlatformWriteUnit,
+        meta: LedgerMeta,
+        committed: list[CommittedBatch],
+        decisions: dict[int, Decision],
+    ) -> LedgerMeta:
+        """Apply the transfers of every accepted decision as one ledger batch, and replace each
+        decision the ledger refuses by its rejection (what `_apply` would have answered)."""
+        moving = [
+            index
+            for index, decision in decisions.items()
+            if decision.ok and not decision.replayed and decision.transfers
+        ]
+        # Each pass drops at least one refused decision, so this ends. A refused linked chain
+        # leaves no trace on the chains after it, so the second pass normally accepts the rest;
+        # it runs anyway because the refusals must not be written to the journal (a refused
+        # payment retried after a top-up must not find its transfer ids failed).
+        while moving:
+            transfers = [t for index in moving for t in decisions[index].transfers]
+            results, batch = self.ledger.apply_transfers_in_unit(unit, meta, transfers)
+            refused: set[int] = set()
+            offset = 0
+            for index in moving:
+                count = len(decisions[index].transfers)
+                problem = self._ledger_problem(
+                    decisions[index].transfers, results[offset : offset + count]
+                )
+                offset += count
+                if problem is not None:
+                    decisions[index] = problem
+                    refused.add(index)
+            if refused:
+                moving = [index for index in moving if index not in refused]
+                continue
+            if batch is not None:
+                unit.save(batch)
+                committed.append(batch)
+                # The next round in this unit must see these balances, not the cache's.
+                self.ledger.account_cache.remember_read(batch.accounts_updated.values())
+                meta = batch.meta_after
+            break
+        return meta
+
+    @staticmethod
+    def _keep_record(
+        unit: PlatformWriteUnit, command: OrderCommand, decision: Decision
+    ) -> IdempotencyRecord | None:
+        if command.remember is None:
+            return None
+        record = command.remember(decision)
+        existing = unit.idempotency_record(record.party_kind, record.party_id, record.key)
+        if existing is not None:
+            return existing
+        unit.save_idempotency_record(record)
+        return record
 
     def cancel_order(self, order_id: int, merchant_id: int) -> Decision:
         return self._order_command(
@@ -977,6 +1121,16 @@ class PlatformService:
         return currency_for_code(code)
 
 
+def _gather(records: Decision, decision: Decision) -> None:
+    """Add a decision's records to `records` (its transfers are the ledger's)."""
+    records.users += decision.users
+    records.merchants += decision.merchants
+    records.orders += decision.orders
+    records.refunds += decision.refunds
+    records.channel_requests += decision.channel_requests
+    records.events += decision.events
+
+
 def _key_hash(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -1035,6 +1189,9 @@ def _channel_body(request: ChannelRequest) -> str:
 __all__ = [
     "GROUP_PAYMENTS_MAX",
     "BankChannel",
+    "CommandOutcome",
+    "OrderAction",
+    "OrderCommand",
     "OrderPayment",
     "PlatformConfig",
     "PlatformService",

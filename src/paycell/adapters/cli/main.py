@@ -72,6 +72,16 @@ _u64 = _unsigned(UINT64_MAX, "64-bit integer")
 _u32 = _unsigned(UINT32_MAX, "32-bit integer")
 
 
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be milliseconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = _unsigned(UINT64_MAX, "count")(text)
     if value == 0:
@@ -224,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(ADMIN_KEY_ENVIRONMENT_VARIABLE, ""),
         help=f"the admin API key (default: ${ADMIN_KEY_ENVIRONMENT_VARIABLE}, else generated)",
     )
+    # The group commit's defaults and bounds live with it (adapters/http/group_commit.py),
+    # which is imported only when the server starts.
+    serve.add_argument(
+        "--group-max",
+        type=_positive,
+        default=None,
+        help="single payments paid in one group commit, at most (default: 256; 1 turns "
+        "grouping off)",
+    )
+    serve.add_argument(
+        "--group-linger-ms",
+        type=_milliseconds,
+        default=None,
+        help="how long a payment may wait for others to join its group, in milliseconds "
+        "(default: 0, never wait; at most 50)",
+    )
     switches = commands.add_parser(
         "switches",
         help="show or set a running server's degradation switches",
@@ -358,13 +384,34 @@ def _run_demo(arguments: argparse.Namespace) -> int:
 def _run_serve(arguments: argparse.Namespace) -> int:
     import secrets
 
+    from paycell.adapters.http.group_commit import DEFAULT_GROUP_COMMIT, GroupCommitConfig
     from paycell.adapters.http.serve import serve
 
+    size_max = arguments.group_max or DEFAULT_GROUP_COMMIT.size_max
+    linger_ms = arguments.group_linger_ms
+    try:
+        group_commit = GroupCommitConfig(
+            size_max=size_max,
+            linger_seconds=(
+                DEFAULT_GROUP_COMMIT.linger_seconds if linger_ms is None else linger_ms / 1000
+            ),
+        )
+    except ValueError as problem:
+        print(f"paycell serve: {problem}", file=sys.stderr)
+        return 2
     admin_key = arguments.admin_key
     if not admin_key:
         admin_key = secrets.token_urlsafe(24)
         print(f"paycell serve: generated admin key {admin_key}", file=sys.stdout)
-    return serve(arguments.database, arguments.host, arguments.port, admin_key, sys.stdout)
+    return serve(
+        arguments.database,
+        arguments.host,
+        arguments.port,
+        admin_key,
+        sys.stdout,
+        # A group of one is no group: each payment takes the ordinary path.
+        group_commit=group_commit if size_max > 1 else None,
+    )
 
 
 def _run_switches(arguments: argparse.Namespace) -> int:

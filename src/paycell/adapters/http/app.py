@@ -11,10 +11,10 @@ import hmac
 import json
 import logging
 import threading
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import date
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -54,6 +54,12 @@ from paycell.adapters.http.errors import (
     error_response,
     payment_error,
 )
+from paycell.adapters.http.group_commit import (
+    DEFAULT_GROUP_COMMIT,
+    GroupCommitConfig,
+    GroupCommitter,
+    Pending,
+)
 from paycell.adapters.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from paycell.adapters.http.metrics import LedgerTotals, Metrics
 from paycell.adapters.http.openapi import build_document
@@ -70,7 +76,8 @@ from paycell.core.payments.flows import OUT_TRADE_NO_LENGTH_MAX, TIMEOUT_SECONDS
 from paycell.core.payments.outcomes import Decision, PaymentError
 from paycell.core.payments.records import Order, PartyKind, PaymentMode
 from paycell.platform import Platform
-from paycell.service.platform import NANOSECONDS_PER_DAY
+from paycell.service.platform import NANOSECONDS_PER_DAY, OrderAction, OrderCommand
+from paycell.service.platform_ports import IdempotencyRecord
 from paycell.service.webhooks import WebhookEventNotFoundError
 
 BODY_LIMIT_BYTES_DEFAULT: Final = 64 * 1024
@@ -864,6 +871,14 @@ def _json_response(status: int, body: str, replayed: bool = False) -> Response:
     return Response(body, status, headers=headers, media_type="application/json")
 
 
+class _Prepared(NamedTuple):
+    """A request past authentication, its idempotency check and validation."""
+
+    call: Call
+    # The request's hash for its Idempotency-Key ("" without one).
+    hashed: str
+
+
 class _Api:
     def __init__(
         self,
@@ -876,12 +891,14 @@ class _Api:
         self.admin_key = admin_key
         self.body_limit_bytes = body_limit_bytes
         self.lock = lock
+        self.groups: GroupCommitter | None = None
 
     def endpoint(self, operation: Operation) -> Route:
         # Admin routes that only touch server memory (switches) skip the platform's lock, so
         # the operator reaches them while the platform is busy; only the admin key opens them.
         unlocked = operation.path in _UNLOCKED_PATHS
         body_limit = max(self.body_limit_bytes, _BODY_LIMITS.get(operation.path, 0))
+        grouped = operation.handler is pay_order
 
         async def run(request: Request) -> Response:
             is_post = request.method == "POST"
@@ -889,6 +906,9 @@ class _Api:
             raw = await _read_body(request, body_limit) if has_body else b""
             key = idempotency.check_key(request.headers.get(idempotency.HEADER))
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if grouped and self.groups is not None:
+                # Group commit: no worker-thread hop; the group's worker answers the future.
+                return await self.groups.submit(request, raw, key, target)
 
             def work() -> Response:
                 if unlocked:
@@ -907,9 +927,11 @@ class _Api:
         if token is None or not hmac.compare_digest(token.encode(), self.admin_key.encode()):
             raise ApiError(UNAUTHORIZED, "send the admin key as 'Authorization: Bearer <key>'")
 
-    def _handle(
+    def _prepare(
         self, operation: Operation, request: Request, raw: bytes, key: str | None, target: str
-    ) -> Response:
+    ) -> _Prepared | Response:
+        """Authenticate, answer a replay of an Idempotency-Key, validate: the request as its
+        handler sees it, or the replayed response."""
         platform = self.platform
         caller = authenticate(
             platform, self.admin_key, request.headers.get("authorization"), operation.roles
@@ -924,6 +946,16 @@ class _Api:
         check_query(query, [field.name for field in operation.query])
         body = {} if operation.raw_body else parse_body(raw, operation.body)
         call = Call(platform, caller, request.path_params, query, body, raw, request.headers)
+        return _Prepared(call, hashed)
+
+    def _handle(
+        self, operation: Operation, request: Request, raw: bytes, key: str | None, target: str
+    ) -> Response:
+        prepared = self._prepare(operation, request, raw, key, target)
+        if isinstance(prepared, Response):
+            return prepared
+        call, hashed = prepared
+        caller = call.caller
         try:
             reply = operation.handler(call)
         except ApiError as error:
@@ -950,6 +982,101 @@ class _Api:
         if record.body != text or record.status != status:
             return _json_response(record.status, record.body, replayed=True)
         return None
+
+    # ------------------------------------------------------------------- group commit
+
+    def pay_group(self, operation: Operation, items: Sequence[Pending]) -> None:
+        """Pay a group of `POST /v1/orders/{order_id}/pay` requests with one platform command
+        and one commit, answering each exactly as `_handle` would have. Called by the group's
+        worker with the platform's lock held."""
+        assert self.groups is not None
+        platform = self.platform
+        # Requests the group cannot take run alone after it, on the ordinary path: a second
+        # request with an Idempotency-Key already in the group (alone, after the group has
+        # committed, it replays or is refused exactly as if it had come second), a malformed
+        # order id (its rejection is remembered for the key on its own), and any request
+        # whose checks failed unexpectedly (it gets its 500 alone).
+        alone: list[Pending] = []
+        keys: set[tuple[object, ...]] = set()
+        commands: list[OrderCommand] = []
+        members: list[tuple[Pending, list[str]]] = []
+        for item in items:
+            try:
+                prepared = self._prepare(operation, item.request, item.raw, item.key, item.target)
+            except ApiError as error:
+                item.fail(error)
+                continue
+            except Exception:
+                alone.append(item)
+                continue
+            if isinstance(prepared, Response):
+                item.answer(prepared)
+                continue
+            call, hashed = prepared
+            if item.key is not None:
+                scoped = (*idempotency.scope(call.caller), item.key)
+                if scoped in keys:
+                    alone.append(item)
+                    continue
+                keys.add(scoped)
+            try:
+                order_id = _order_id(call)
+            except ApiError:
+                alone.append(item)
+                continue
+            # The success body, rendered once: for the idempotency record and the answer.
+            rendered: list[str] = []
+            remember = (
+                None
+                if item.key is None
+                else self._pay_record(call.caller, item.key, hashed, rendered)
+            )
+            commands.append(OrderCommand(OrderAction.PAY, order_id, call.caller.party_id, remember))
+            members.append((item, rendered))
+        answers: list[tuple[Pending, Response | ApiError]] = []
+        if commands:
+            outcomes = platform.run_order_commands(commands)
+            for (item, rendered), outcome in zip(members, outcomes, strict=True):
+                decision = outcome.decision
+                if decision.error is not None:
+                    # Refused: the error is the answer even if another request's record for
+                    # the key won, as on the ordinary path.
+                    answers.append((item, payment_error(decision.error, decision.message)))
+                    continue
+                text = rendered[0] if rendered else _dumps(_order_json(decision.orders[0]))
+                record = outcome.idempotency_record
+                if record is not None and (record.body != text or record.status != 200):
+                    answers.append((item, _json_response(record.status, record.body, True)))
+                else:
+                    answers.append((item, _json_response(200, text)))
+        # Answers go out once the group has committed, never before.
+        for item, answer in answers:
+            if isinstance(answer, ApiError):
+                item.fail(answer)
+            else:
+                item.answer(answer)
+        self.groups.answer_alone(alone)
+
+    def _pay_record(
+        self, caller: Caller, key: str, hashed: str, rendered: list[str]
+    ) -> Callable[[Decision], IdempotencyRecord]:
+        """What the ordinary path would remember for a payment's decision."""
+        party_kind, party_id = idempotency.scope(caller)
+
+        def remember(decision: Decision) -> IdempotencyRecord:
+            if decision.error is not None:
+                error = payment_error(decision.error, decision.message)
+                status = error.status
+                text = _dumps(error_body(error.code, error.message))
+            else:
+                status = 200
+                text = _dumps(_order_json(decision.orders[0]))
+                rendered.append(text)
+            return IdempotencyRecord(
+                party_kind, party_id, key, hashed, status, text, self.platform.clock()
+            )
+
+        return remember
 
 
 # ------------------------------------------------------------------- error handlers
@@ -989,6 +1116,7 @@ def create_app(
     rate_limit: RateLimit | None = None,
     switches: Switches | None = None,
     metrics: Metrics | None = None,
+    group_commit: GroupCommitConfig | None = DEFAULT_GROUP_COMMIT,
 ) -> Starlette:
     """The REST API over `platform`. `lock` serializes every platform call; pass the one the
     server's background jobs take, so they never share the database connection at once.
@@ -996,7 +1124,9 @@ def create_app(
     tables open on the platform's database on first use, unless `alipay` is given.
     In front of every route: admission control by priority class, the per-key rate limit and
     the degradation switches (pass `switches` to share them with the background jobs);
-    GET /metrics (admin key) exposes `metrics` (docs/operations.md)."""
+    GET /metrics (admin key) exposes `metrics` (docs/operations.md).
+    Single payments (`POST /v1/orders/{order_id}/pay`) are paid in groups, one commit per
+    group (group_commit.py), as `group_commit` bounds them; None pays each on its own."""
     if not admin_key:
         raise ValueError("an admin key is required")
     if body_limit_bytes <= 0:
@@ -1009,15 +1139,35 @@ def create_app(
     ledger_totals = LedgerTotals(platform, api.lock)
     operations = (*OPERATIONS, *switch_operations(switches), *bulk_operations(gateway, metrics))
     document = build_document(operations)
+    if group_commit is not None:
+        pay = next(operation for operation in OPERATIONS if operation.handler is pay_order)
+        api.groups = GroupCommitter(
+            api.lock,
+            lambda items: api.pay_group(pay, items),
+            lambda item: api._handle(pay, item.request, item.raw, item.key, item.target),
+            group_commit,
+            metrics.group_started,
+            metrics.group_fell_back,
+        )
+    groups = api.groups
 
     async def metrics_page(request: Request) -> Response:
         api._require_admin(request)
         return await run_in_threadpool(
             lambda: Response(
-                metrics.render(controller, switches, ledger_totals),
+                metrics.render(
+                    controller, switches, ledger_totals, groups.depth if groups else None
+                ),
                 media_type=METRICS_CONTENT_TYPE,
             )
         )
+
+    @asynccontextmanager
+    async def lifespan(_application: Starlette) -> AsyncIterator[None]:
+        yield
+        # The group worker finishes (or refuses with 503) every payment still queued.
+        if groups is not None:
+            await run_in_threadpool(groups.close)
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(document)
@@ -1034,6 +1184,7 @@ def create_app(
     routes += alipay_routes(gateway, admin_key)
     application = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -1054,4 +1205,5 @@ def create_app(
     application.state.admission = controller
     application.state.switches = switches
     application.state.metrics = metrics
+    application.state.group_commit = groups
     return application

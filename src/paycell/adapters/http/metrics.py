@@ -21,6 +21,8 @@ from paycell.platform import Platform
 LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+# Requests per group commit (group_commit.py): powers of two up to the largest group allowed.
+GROUP_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 # Ledger totals are read at most this often; scrapes in between answer the last reading.
 LEDGER_CACHE_SECONDS: Final = 5.0
 # How long a scrape waits for the platform's lock before it answers the cached totals.
@@ -70,6 +72,10 @@ class Metrics:
         self._rate_limited = 0
         self._degraded: dict[str, int] = {}
         self._bulk_items: dict[str, int] = {}
+        self._group_sizes = [0] * len(GROUP_SIZE_BUCKETS)
+        self._group_requests = 0
+        self._groups = 0
+        self._group_fallbacks = 0
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._mutex:
@@ -92,12 +98,36 @@ class Metrics:
         with self._mutex:
             self._bulk_items[code] = self._bulk_items.get(code, 0) + count
 
+    def group_started(self, size: int) -> None:
+        """A group of `size` single payments goes through one unit of work."""
+        with self._mutex:
+            for index, bound in enumerate(GROUP_SIZE_BUCKETS):
+                if size <= bound:
+                    self._group_sizes[index] += 1
+                    break
+            self._group_requests += size
+            self._groups += 1
+
+    def group_fell_back(self) -> None:
+        """A group failed unexpectedly and ran its requests one by one."""
+        with self._mutex:
+            self._group_fallbacks += 1
+
+    def groups(self) -> tuple[int, int]:
+        """(groups, requests in them) so far."""
+        with self._mutex:
+            return self._groups, self._group_requests
+
     def requests(self) -> dict[tuple[str, str, int], int]:
         with self._mutex:
             return dict(self._requests)
 
     def render(
-        self, admission: Admission, switches: Switches, ledger: "LedgerTotals | None" = None
+        self,
+        admission: Admission,
+        switches: Switches,
+        ledger: "LedgerTotals | None" = None,
+        group_queue_depth: Callable[[], int] | None = None,
     ) -> str:
         lines: list[str] = []
 
@@ -116,6 +146,9 @@ class Metrics:
             rate_limited = self._rate_limited
             degraded = sorted(self._degraded.items())
             bulk = sorted(self._bulk_items.items())
+            group_sizes = list(self._group_sizes)
+            group_requests, groups = self._group_requests, self._groups
+            group_fallbacks = self._group_fallbacks
         family("paycell_http_requests_total", "counter", "HTTP requests by route and status")
         for (route, method, status), count in requests:
             sample(
@@ -178,6 +211,30 @@ class Metrics:
         family("paycell_bulk_items_total", "counter", "bulk payment items by result code")
         for code, count in bulk:
             sample("paycell_bulk_items_total", (("code", code),), count)
+
+        family(
+            "paycell_group_commit_size",
+            "histogram",
+            "single payments per group commit (one unit of work, one commit)",
+        )
+        cumulative = 0
+        for bound, bucket in zip(GROUP_SIZE_BUCKETS, group_sizes, strict=True):
+            cumulative += bucket
+            sample("paycell_group_commit_size_bucket", (("le", _number(bound)),), cumulative)
+        sample("paycell_group_commit_size_bucket", (("le", "+Inf"),), groups)
+        sample("paycell_group_commit_size_sum", (), group_requests)
+        sample("paycell_group_commit_size_count", (), groups)
+        family("paycell_group_commit_groups_total", "counter", "groups of single payments run")
+        sample("paycell_group_commit_groups_total", (), groups)
+        family(
+            "paycell_group_commit_fallbacks_total",
+            "counter",
+            "groups that failed unexpectedly and ran their requests one by one",
+        )
+        sample("paycell_group_commit_fallbacks_total", (), group_fallbacks)
+        if group_queue_depth is not None:
+            family("paycell_group_commit_queue_depth", "gauge", "payments waiting for a group")
+            sample("paycell_group_commit_queue_depth", (), group_queue_depth())
 
         family("paycell_switch_on", "gauge", "1 when a feature runs normally, 0 when degraded")
         state = switches.state()

@@ -22,6 +22,7 @@ from paycell.adapters.alipay.notify import AlipayNotifier, HttpNotifySender
 from paycell.adapters.alipay.store import GatewayStore
 from paycell.adapters.http import switches as sw
 from paycell.adapters.http.app import create_app
+from paycell.adapters.http.group_commit import DEFAULT_GROUP_COMMIT, GroupCommitConfig
 from paycell.adapters.http.logging_setup import configure_json_logging
 from paycell.adapters.storage.platform_factory import open_platform_store
 from paycell.adapters.webhooks.dispatcher import DEFAULT_BATCH, WebhookDispatcher
@@ -84,13 +85,29 @@ def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> int:
+def serve(
+    database: str,
+    host: str,
+    port: int,
+    admin_key: str,
+    out: IO[str],
+    group_commit: GroupCommitConfig | None = DEFAULT_GROUP_COMMIT,
+) -> int:
+    """Serve until SIGINT or SIGTERM. `group_commit` bounds the groups single payments are
+    paid in (None: each on its own)."""
     configure_json_logging()
     platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
     gateway = AlipayGateway(platform, lock=lock)
     switches = sw.Switches()
-    app = create_app(platform, admin_key=admin_key, lock=lock, alipay=gateway, switches=switches)
+    app = create_app(
+        platform,
+        admin_key=admin_key,
+        lock=lock,
+        alipay=gateway,
+        switches=switches,
+        group_commit=group_commit,
+    )
     stop = threading.Event()
     jobs = threading.Thread(
         target=_background_jobs,
@@ -136,7 +153,12 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         name="paycell-alipay-notify",
         daemon=True,
     )
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # loop="auto" and http="auto" take uvloop and httptools when they are installed (they are
+    # dependencies): a faster event loop and HTTP parser than asyncio's and h11, the same
+    # behaviour; without them uvicorn falls back to asyncio and h11.
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", loop="auto", http="auto")
+    )
     url = f"http://{host}:{port}"
     print(f"paycell serve: {database} on {url}", file=out)
     print(f"  REST API under {url}/v1, interactive docs at {url}/docs,", file=out)
@@ -163,6 +185,11 @@ def serve(database: str, host: str, port: int, admin_key: str, out: IO[str]) -> 
         notify_sender.close()
         notify_store.close()
         notify_orders.close()
+        # Normally done by the app's lifespan shutdown; again here (it is idempotent) so no
+        # queued payment can outlive the platform's connection.
+        groups = app.state.group_commit
+        if groups is not None:
+            groups.close()
         gateway.close()
         sender.close()
         webhook_store.close()
