@@ -63,6 +63,7 @@ from paycell.adapters.http.group_commit import (
 from paycell.adapters.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from paycell.adapters.http.metrics import LedgerTotals, Metrics
 from paycell.adapters.http.openapi import build_document
+from paycell.adapters.http.route_index import IndexedRouter, RouteIndex
 from paycell.adapters.http.routing import Call, Operation, Reply
 from paycell.adapters.http.switches import Switches, switch_operations
 from paycell.adapters.http.validation import (
@@ -1182,8 +1183,8 @@ def create_app(
         Route("/metrics", metrics_page, methods=["GET"]),
     ]
     routes += alipay_routes(gateway, admin_key)
+    index = RouteIndex(routes)
     application = Starlette(
-        routes=routes,
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
@@ -1194,7 +1195,7 @@ def create_app(
             Middleware(AbsoluteFormPaths),
             Middleware(
                 Edge,
-                routes=routes,
+                index=index,
                 admission=controller,
                 limiter=RateLimiter(rate_limit),
                 switches=switches,
@@ -1202,6 +1203,8 @@ def create_app(
             ),
         ],
     )
+    # Starlette's own router tries every route in turn; this one looks the route up.
+    application.router = IndexedRouter(index, lifespan=lifespan)
     application.state.admission = controller
     application.state.switches = switches
     application.state.metrics = metrics

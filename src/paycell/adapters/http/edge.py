@@ -10,10 +10,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Final
 
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paycell.adapters.http import switches as sw
@@ -30,6 +29,7 @@ from paycell.adapters.http.admission import (
 from paycell.adapters.http.errors import DEGRADED, OVERLOADED, RATE_LIMITED
 from paycell.adapters.http.logging_setup import ACCESS_LOGGER
 from paycell.adapters.http.metrics import Metrics
+from paycell.adapters.http.route_index import RouteIndex
 from paycell.adapters.http.switches import Switches
 
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -66,28 +66,22 @@ class Edge:
         self,
         app: ASGIApp,
         *,
-        routes: Sequence[BaseRoute],
+        index: RouteIndex,
         admission: Admission,
         limiter: RateLimiter,
         switches: Switches,
         metrics: Metrics,
     ) -> None:
         self.app = app
-        self.routes = [route for route in routes if isinstance(route, Route)]
+        self.index = index
         self.admission = admission
         self.limiter = limiter
         self.switches = switches
         self.metrics = metrics
 
     def _template(self, scope: Scope) -> str:
-        partial: str | None = None
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return str(route.path)
-            if match is Match.PARTIAL and partial is None:
-                partial = str(route.path)
-        return partial or UNMATCHED_ROUTE
+        _, route, _ = self.index.find(scope)
+        return str(route.path) if isinstance(route, Route) else UNMATCHED_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
