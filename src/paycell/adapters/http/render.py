@@ -21,27 +21,56 @@ def iso_time(nanoseconds: int) -> str | None:
     if nanoseconds <= 0:
         return None
     seconds, remainder = divmod(nanoseconds, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{remainder:09d}Z"
+    prefix = _ISO_SECONDS.get(seconds)
+    if prefix is None:
+        # A response carries several times from the same second or so; formatting a datetime
+        # is the costly part, so each second is formatted once.
+        if len(_ISO_SECONDS) >= _ISO_SECONDS_MAX:
+            _ISO_SECONDS.clear()
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ISO_SECONDS[seconds] = prefix
+    return f"{prefix}.{remainder:09d}Z"
+
+
+_ISO_SECONDS: dict[int, str] = {}
+_ISO_SECONDS_MAX = 4_096
+
+# How each field of a record type is rendered, worked out once per type.
+_PLAIN, _CURRENCY, _TIME = range(3)
+_PLANS: dict[type, tuple[tuple[str, int], ...]] = {}
+
+
+def _plan(kind: type) -> tuple[tuple[str, int], ...]:
+    plan = _PLANS.get(kind)
+    if plan is None:
+        plan = tuple(
+            (
+                field.name,
+                _CURRENCY
+                if field.name == "ledger"
+                else _TIME
+                if field.name.endswith(("_at", "_until"))
+                else _PLAIN,
+            )
+            for field in dataclasses.fields(kind)
+            if field.name not in _HIDDEN
+        )
+        _PLANS[kind] = plan
+    return plan
 
 
 def record(value: Any, kind: str) -> dict[str, object]:
     """A platform record (a frozen dataclass) as a JSON object tagged with `object`."""
     result: dict[str, object] = {"object": kind}
-    for field in dataclasses.fields(value):
-        name = field.name
+    for name, how in _plan(type(value)):
         item = getattr(value, name)
-        if name in _HIDDEN:
-            continue
-        if name == "ledger":
-            result["currency"] = currency_for_ledger(item).code
-        elif name.endswith(("_at", "_until")):
+        if how == _PLAIN:
+            result[name] = item.value if isinstance(item, Enum) else item
+        elif how == _TIME:
             result[name] = item
             result[f"{name}_iso"] = iso_time(item)
-        elif isinstance(item, Enum):
-            result[name] = item.value
         else:
-            result[name] = item
+            result["currency"] = currency_for_ledger(item).code
     return result
 
 
