@@ -15,12 +15,13 @@ remembered too, up to a bound; past it the memory starts afresh.
 """
 
 from collections.abc import MutableMapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
 SHAPES_MAX: Final = 4_096
+_KEPT: Final = "paycell.route_found"
 
 Found = tuple[Match, BaseRoute | None, MutableMapping[str, Any]]
 
@@ -42,7 +43,19 @@ class RouteIndex:
 
     def find(self, scope: Scope) -> Found:
         """The route Starlette's router would choose for this request, how it matched, and
-        the scope it adds (path parameters); (Match.NONE, None, {}) when none does."""
+        the scope it adds (path parameters); (Match.NONE, None, {}) when none does.
+
+        The answer is kept in the scope, so the router finds it again for free after the
+        edge middleware asked (unless something changed the method or path in between)."""
+        method, path = scope["method"], scope["path"]
+        kept = scope.get(_KEPT)
+        if kept is not None and kept[0] == method and kept[1] == path:
+            return cast(Found, kept[2])
+        found = self._find(scope)
+        scope[_KEPT] = (method, path, found)
+        return found
+
+    def _find(self, scope: Scope) -> Found:
         shape = _shape(scope["method"], scope["path"])
         chosen = self._chosen.get(shape)
         if chosen is not None:
