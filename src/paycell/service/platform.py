@@ -48,6 +48,7 @@ from paycell.core.types import (
 from paycell.service.ledger_service import Clock, LedgerService
 from paycell.service.platform_ports import (
     ApiKey,
+    IdempotencyKey,
     IdempotencyRecord,
     PlatformStore,
     PlatformWriteUnit,
@@ -484,64 +485,125 @@ class PlatformService:
         For aggregators submitting in bulk. Each payment gets the `Decision` its pay command
         would have (or its order creation's rejection). A payment the ledger refuses leaves
         no trace: its freshly created order is closed ("payment_failed") in the same unit.
-        At most `GROUP_PAYMENTS_MAX` payments per call."""
+        At most `GROUP_PAYMENTS_MAX` payments per call.
+
+        The payments run in rounds, each a run of consecutive payments with distinct
+        out_trade_no (normally the whole group): a round reads what it needs in a few queries,
+        decides every payment purely, applies all their money as one ledger batch, and writes
+        its records once. A repeated out_trade_no starts the next round, so it sees what the
+        earlier payment did, exactly as one payment after the other."""
         if len(payments) > GROUP_PAYMENTS_MAX:
             raise ValueError(f"at most {GROUP_PAYMENTS_MAX} payments per group")
-        results: list[Decision] = []
+        results: list[Decision | None] = [None] * len(payments)
         committed: list[CommittedBatch] = []
         with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
             unit = cast(PlatformWriteUnit, ledger_unit)
             meta = self.ledger.expire_due(unit, meta, committed)
-            for payment in payments:
-                currency_record = self._currency(payment.currency)
-                if currency_record is None:
-                    results.append(
-                        rejected(
-                            PaymentError.UNSUPPORTED_CURRENCY,
-                            f"currency {payment.currency!r} is not enabled",
-                        )
-                    )
-                    continue
-                created, meta = self._apply(
+            merchant = unit.merchant(merchant_id)
+            start = 0
+            while start < len(payments):
+                end = start
+                seen: set[str] = set()
+                while end < len(payments) and payments[end].out_trade_no not in seen:
+                    seen.add(payments[end].out_trade_no)
+                    end += 1
+                meta = self._create_and_pay_round(
                     unit,
                     meta,
                     committed,
-                    self._create_order_decider(
-                        merchant_id,
-                        payment.out_trade_no,
-                        payment.amount,
-                        currency_record.ledger,
-                        payment.subject,
-                        PaymentMode.DIRECT,
-                        None,
-                        None,
-                    ),
+                    merchant_id,
+                    merchant,
+                    payments,
+                    range(start, end),
+                    results,
                 )
-                if not created.ok:
-                    results.append(created)
-                    continue
-                order = created.orders[0]
-                paid, meta = self._apply(
-                    unit,
-                    meta,
-                    committed,
-                    self._order_decider(order.id, merchant_id, self._pay_act(payment.buyer_id)),
+                start = end
+        assert all(result is not None for result in results), "every payment has its decision"
+        return [result for result in results if result is not None]
+
+    def _create_and_pay_round(
+        self,
+        unit: PlatformWriteUnit,
+        meta: LedgerMeta,
+        committed: list[CommittedBatch],
+        merchant_id: int,
+        merchant: Merchant | None,
+        payments: Sequence[OrderPayment],
+        indices: range,
+        results: list[Decision | None],
+    ) -> LedgerMeta:
+        """One round of `create_and_pay_orders`: payments with distinct out_trade_no."""
+        now = self.clock()
+        ledgers: dict[int, int] = {}
+        for index in indices:
+            currency_record = self._currency(payments[index].currency)
+            if currency_record is None:
+                results[index] = rejected(
+                    PaymentError.UNSUPPORTED_CURRENCY,
+                    f"currency {payments[index].currency!r} is not enabled",
                 )
-                if not paid.ok and not created.replayed:
-                    self._apply(
-                        unit,
-                        meta,
-                        committed,
-                        self._order_decider(
-                            order.id,
-                            merchant_id,
-                            lambda _unit, current, at: flows.close_order(
-                                order=current, now=at, reason="payment_failed"
-                            ),
-                        ),
-                    )
-                results.append(paid)
-        return results
+            else:
+                ledgers[index] = currency_record.ledger
+        # Prefetch: the orders already created under these numbers (replays), the buyers, and
+        # an order id for each new number (taken even if the creation is rejected, as alone).
+        existing = unit.orders_by_out_trade_no(
+            merchant_id, [payments[index].out_trade_no for index in ledgers]
+        )
+        fresh = [index for index in ledgers if payments[index].out_trade_no not in existing]
+        new_order_ids = dict(zip(fresh, unit.next_ids("order", len(fresh)), strict=True))
+        buyers = unit.users_by_id({payments[index].buyer_id for index in ledgers})
+        # Decide, purely: each creation, then each payment of an order created or found.
+        orders: dict[int, Order] = {}
+        pays: dict[int, Decision] = {}
+        for index, ledger in ledgers.items():
+            payment = payments[index]
+            created = flows.create_order(
+                merchant=merchant,
+                existing=existing.get(payment.out_trade_no),
+                new_order_id=new_order_ids.get(index, 0),
+                out_trade_no=payment.out_trade_no,
+                ledger=ledger,
+                amount=payment.amount,
+                subject=payment.subject,
+                mode=PaymentMode.DIRECT,
+                timeout_seconds=self.config.order_timeout_seconds,
+                auto_confirm_seconds=self.config.auto_confirm_seconds,
+                refund_period_seconds=self.config.refund_period_seconds,
+                now=now,
+            )
+            if not created.ok:
+                results[index] = created
+                continue
+            order = created.orders[0]
+            assert merchant is not None, "an order is created or found for a merchant"
+            assert order.merchant_id == merchant_id, "an order found for a merchant is its own"
+            orders[index] = order
+            pays[index] = flows.pay_order(
+                order=order, merchant=merchant, buyer=buyers.get(payment.buyer_id), now=now
+            )
+        meta = self._apply_together(unit, meta, committed, pays)
+        # Each payment's change of its order: paid, or, for an order created by this very
+        # payment, closed when the payment failed; an order found replays or is left as is.
+        changes: list[tuple[Order, Decision]] = []
+        for index, paid in pays.items():
+            before = orders[index]
+            created_now = index in new_order_ids
+            if paid.ok and not paid.replayed:
+                changes.append((before, paid))
+            elif created_now:
+                assert not paid.ok, "a payment of an order created just now is no replay"
+                closed = flows.close_order(order=before, now=now, reason="payment_failed")
+                assert closed.ok, "a new order can always be closed"
+                assert not closed.replayed, "a new order is not closed yet"
+                changes.append((before, closed))
+            results[index] = paid
+        self._number_events(unit, changes, now)
+        # The round's records in one write per table: one version of each order, its last.
+        records = Decision()
+        for _before, decision in changes:
+            _gather(records, decision)
+        unit.save_records(records)
+        return meta
 
     def run_order_commands(self, commands: Sequence[OrderCommand]) -> list[CommandOutcome]:
         """Run many order commands in ONE unit of work and ONE commit (group commit), each with
@@ -555,9 +617,16 @@ class PlatformService:
         successive rounds, so the later one sees the earlier one's outcome, exactly as one after
         the other. Each command's idempotency record (`OrderCommand.remember`) is kept in the
         same unit; a record another request stored first for the same key wins.
-        At most `GROUP_PAYMENTS_MAX` commands per call."""
+        At most `GROUP_PAYMENTS_MAX` commands per call.
+
+        A round reads its orders, their merchants and the payers in three queries, decides
+        every command purely, numbers the events of the accepted ones in one statement, and
+        writes its records and idempotency records once."""
         if len(commands) > GROUP_PAYMENTS_MAX:
             raise ValueError(f"at most {GROUP_PAYMENTS_MAX} commands per group")
+        for command in commands:
+            if command.action is not OrderAction.PAY:
+                raise ValueError(f"{command.action} cannot run in a group")
         outcomes: list[CommandOutcome | None] = [None] * len(commands)
         committed: list[CommittedBatch] = []
         with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
@@ -567,36 +636,40 @@ class PlatformService:
             while waiting:
                 this_round: list[int] = []
                 later: list[int] = []
-                orders: set[int] = set()
+                order_ids: set[int] = set()
                 for index in waiting:
                     order_id = commands[index].order_id
-                    (later if order_id in orders else this_round).append(index)
-                    orders.add(order_id)
+                    (later if order_id in order_ids else this_round).append(index)
+                    order_ids.add(order_id)
+                now = self.clock()
+                orders = unit.orders_by_id(order_ids)
+                merchants = unit.merchants_by_id({order.merchant_id for order in orders.values()})
+                payers = unit.users_by_id({commands[index].party_id for index in this_round})
                 decisions = {
-                    index: self._order_command_decider(commands[index])(unit, self.clock())
+                    index: _decide_payment(commands[index], orders, merchants, payers, now)
                     for index in this_round
                 }
                 meta = self._apply_together(unit, meta, committed, decisions)
+                changes = [
+                    (orders[commands[index].order_id], decision)
+                    for index, decision in decisions.items()
+                    if decision.ok and not decision.replayed
+                ]
+                self._number_events(unit, changes, now)
                 # The round's records in one write per table: its commands touch distinct
                 # orders, so no record appears twice.
                 records = Decision()
-                for index in this_round:
-                    decision = decisions[index]
-                    if decision.ok and not decision.replayed:
-                        _gather(records, decision)
+                for _before, decision in changes:
+                    _gather(records, decision)
                 unit.save_records(records)
-                for index in this_round:
-                    decision = decisions[index]
-                    outcomes[index] = CommandOutcome(
-                        decision, self._keep_record(unit, commands[index], decision)
-                    )
+                kept = self._keep_records(
+                    unit, [(commands[index], decisions[index]) for index in this_round]
+                )
+                for index, record in zip(this_round, kept, strict=True):
+                    outcomes[index] = CommandOutcome(decisions[index], record)
                 waiting = later
+        assert all(outcome is not None for outcome in outcomes), "every command has its outcome"
         return [outcome for outcome in outcomes if outcome is not None]
-
-    def _order_command_decider(self, command: OrderCommand) -> Decider:
-        if command.action is OrderAction.PAY:
-            return self._order_decider(command.order_id, None, self._pay_act(command.party_id))
-        raise ValueError(f"{command.action} cannot run in a group")
 
     def _apply_together(
         self,
@@ -643,17 +716,49 @@ class PlatformService:
         return meta
 
     @staticmethod
-    def _keep_record(
-        unit: PlatformWriteUnit, command: OrderCommand, decision: Decision
-    ) -> IdempotencyRecord | None:
-        if command.remember is None:
-            return None
-        record = command.remember(decision)
-        existing = unit.idempotency_record(record.party_kind, record.party_id, record.key)
-        if existing is not None:
-            return existing
-        unit.save_idempotency_record(record)
-        return record
+    def _number_events(
+        unit: PlatformWriteUnit, changes: Sequence[tuple[Order, Decision]], now: int
+    ) -> None:
+        """Add to each accepted decision the webhook events of its order changes (what
+        `_order_decider` adds alone), numbered from one reservation, in the given order."""
+        due = [
+            (decision, order, kind)
+            for before, decision in changes
+            for order in decision.orders
+            if (kind := _event_type(before, order))
+        ]
+        event_ids = unit.next_ids("event", len(due))
+        for (decision, order, kind), event_id in zip(due, event_ids, strict=True):
+            decision.events.append(
+                WebhookEvent(event_id, order.merchant_id, kind, _order_body(order), now)
+            )
+
+    @staticmethod
+    def _keep_records(
+        unit: PlatformWriteUnit, commands: Sequence[tuple[OrderCommand, Decision]]
+    ) -> list[IdempotencyRecord | None]:
+        """Each command's idempotency record: the one already kept for its key, else its own,
+        inserted (one read and one write for all). Within the group, the first command with a
+        key keeps it, as one after the other."""
+        wanted = [
+            None if command.remember is None else command.remember(decision)
+            for command, decision in commands
+        ]
+        kept = unit.idempotency_records({_idempotency_key(r) for r in wanted if r is not None})
+        new: list[IdempotencyRecord] = []
+        answers: list[IdempotencyRecord | None] = []
+        for record in wanted:
+            if record is None:
+                answers.append(None)
+                continue
+            key = _idempotency_key(record)
+            existing = kept.get(key)
+            if existing is None:
+                kept[key] = existing = record
+                new.append(record)
+            answers.append(existing)
+        unit.save_idempotency_records(new)
+        return answers
 
     def cancel_order(self, order_id: int, merchant_id: int) -> Decision:
         return self._order_command(
@@ -1129,6 +1234,29 @@ def _gather(records: Decision, decision: Decision) -> None:
     records.refunds += decision.refunds
     records.channel_requests += decision.channel_requests
     records.events += decision.events
+
+
+def _decide_payment(
+    command: OrderCommand,
+    orders: dict[int, Order],
+    merchants: dict[int, Merchant],
+    payers: dict[int, User],
+    now: int,
+) -> Decision:
+    """A payment command's decision from prefetched records (what `pay_order` decides alone,
+    its events aside: those are numbered once the ledger accepted the money)."""
+    order = orders.get(command.order_id)
+    if order is None:
+        return rejected(PaymentError.ORDER_NOT_FOUND, f"no order {command.order_id}")
+    merchant = merchants.get(order.merchant_id)
+    assert merchant is not None, f"order {order.id} has no merchant {order.merchant_id}"
+    return flows.pay_order(
+        order=order, merchant=merchant, buyer=payers.get(command.party_id), now=now
+    )
+
+
+def _idempotency_key(record: IdempotencyRecord) -> IdempotencyKey:
+    return (record.party_kind, record.party_id, record.key)
 
 
 def _key_hash(api_key: str) -> str:

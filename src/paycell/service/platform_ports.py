@@ -8,7 +8,7 @@ ledger `WriteUnit` (same connection, same transaction) with the platform's table
 Every method that returns several rows takes a `limit`: nothing reads without bound.
 """
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
@@ -47,6 +47,10 @@ class IdempotencyRecord(NamedTuple):
     created_at: int
 
 
+# An idempotency record's key: the party's kind and id, and the Idempotency-Key it sent.
+IdempotencyKey = tuple[PartyKind, int, str]
+
+
 class WebhookDelivery(NamedTuple):
     event_id: int
     merchant_id: int
@@ -66,6 +70,11 @@ class PlatformWriteUnit(WriteUnit, Protocol):
         "channel_request", "event"): 1, 2, 3... per database, never reused."""
         ...
 
+    def next_ids(self, sequence: str, count: int) -> range:
+        """The next `count` numbers of a sequence, reserved at once (`next_id` `count` times
+        over, in one statement); empty for 0."""
+        ...
+
     def user(self, user_id: int) -> User | None: ...
 
     def merchant(self, merchant_id: int) -> Merchant | None: ...
@@ -73,6 +82,22 @@ class PlatformWriteUnit(WriteUnit, Protocol):
     def order(self, order_id: int) -> Order | None: ...
 
     def order_by_out_trade_no(self, merchant_id: int, out_trade_no: str) -> Order | None: ...
+
+    # Batched reads for group commit: a few queries for a whole group rather than one per
+    # record. Each answers by key, and leaves out the keys it finds no record for.
+    def users_by_id(self, ids: Collection[int]) -> dict[int, User]: ...
+
+    def merchants_by_id(self, ids: Collection[int]) -> dict[int, Merchant]: ...
+
+    def orders_by_id(self, ids: Collection[int]) -> dict[int, Order]: ...
+
+    def orders_by_out_trade_no(
+        self, merchant_id: int, out_trade_nos: Collection[str]
+    ) -> dict[str, Order]: ...
+
+    def idempotency_records(
+        self, keys: Collection[IdempotencyKey]
+    ) -> dict[IdempotencyKey, IdempotencyRecord]: ...
 
     def refunds_of_order(self, order_id: int) -> list[Refund]: ...
 
@@ -110,6 +135,10 @@ class PlatformWriteUnit(WriteUnit, Protocol):
     ) -> IdempotencyRecord | None: ...
 
     def save_idempotency_record(self, record: IdempotencyRecord) -> None: ...
+
+    def save_idempotency_records(self, records: Sequence[IdempotencyRecord]) -> None:
+        """Insert records whose keys have none yet (one statement for the lot)."""
+        ...
 
     def webhook_deliveries_due(self, now: int, limit: int) -> list[WebhookDelivery]: ...
 

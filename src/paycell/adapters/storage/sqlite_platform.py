@@ -14,7 +14,7 @@ supplies its column types and its way of running a statement.
 """
 
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any, Final, Generic, TypeVar, get_type_hints
@@ -33,7 +33,12 @@ from paycell.core.payments.records import (
     User,
     WebhookEvent,
 )
-from paycell.service.platform_ports import ApiKey, IdempotencyRecord, WebhookDelivery
+from paycell.service.platform_ports import (
+    ApiKey,
+    IdempotencyKey,
+    IdempotencyRecord,
+    WebhookDelivery,
+)
 
 R = TypeVar("R")
 
@@ -41,6 +46,9 @@ _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 # Rows per query when a whole table is streamed (`all_orders`).
 STREAM_CHUNK: Final = 1_024
+# Bound parameters per `IN (...)` list of a batched read: within SQLite's historical limit of
+# 999 whatever the build, and a bounded statement on either backend.
+IN_PARAMETERS_MAX: Final = 500
 
 DELIVERY_PENDING: Final = "pending"
 
@@ -178,6 +186,20 @@ def platform_schema(sql_types: Mapping[type, str]) -> list[str]:
     return statements
 
 
+def _chunks(values: Sequence[R], size: int) -> Iterator[Sequence[R]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _placeholders(count: int, width: int = 1) -> str:
+    """`?, ?, ?` for a list of `count` values, or `(?, ?), (?, ?)` for `count` row values of
+    `width` columns each."""
+    if width == 1:
+        return ", ".join("?" * count)
+    row = f"({', '.join('?' * width)})"
+    return ", ".join([row] * count)
+
+
 def _check_limit(limit: int) -> int:
     # A negative LIMIT is "no limit" in SQLite: nothing reads without bound.
     assert limit >= 0, f"limit must be at least 0, not {limit}"
@@ -207,6 +229,56 @@ class PlatformReads:
             sql += " LIMIT ?"
             parameters = [*parameters, _check_limit(limit)]
         return [codec.decode(row) for row in self._fetch(sql, parameters)]
+
+    def _in(
+        self, codec: RecordCodec[R], where: str, prefix: Sequence[Any], values: Collection[Any]
+    ) -> list[R]:
+        """The records with `where` (ending in `IN`) matching any of `values`, after the
+        `prefix` parameters; one query per `IN_PARAMETERS_MAX` values, no row twice."""
+        distinct = list(dict.fromkeys(values))
+        found: list[R] = []
+        for chunk in _chunks(distinct, IN_PARAMETERS_MAX):
+            rows = self._fetch(
+                f"{codec.select} WHERE {where} ({_placeholders(len(chunk))})", [*prefix, *chunk]
+            )
+            found.extend(codec.decode(row) for row in rows)
+        return found
+
+    def users_by_id(self, ids: Collection[int]) -> dict[int, User]:
+        return {user.id: user for user in self._in(USERS, "id IN", [], ids)}
+
+    def merchants_by_id(self, ids: Collection[int]) -> dict[int, Merchant]:
+        return {merchant.id: merchant for merchant in self._in(MERCHANTS, "id IN", [], ids)}
+
+    def orders_by_id(self, ids: Collection[int]) -> dict[int, Order]:
+        return {order.id: order for order in self._in(ORDERS, "id IN", [], ids)}
+
+    def orders_by_out_trade_no(
+        self, merchant_id: int, out_trade_nos: Collection[str]
+    ) -> dict[str, Order]:
+        return {
+            order.out_trade_no: order
+            for order in self._in(
+                ORDERS, "merchant_id = ? AND out_trade_no IN", [merchant_id], out_trade_nos
+            )
+        }
+
+    def idempotency_records(
+        self, keys: Collection[IdempotencyKey]
+    ) -> dict[IdempotencyKey, IdempotencyRecord]:
+        """The records kept for any of `keys` (party kind, party id, key), by key."""
+        distinct = list(dict.fromkeys(keys))
+        found: dict[IdempotencyKey, IdempotencyRecord] = {}
+        for chunk in _chunks(distinct, IN_PARAMETERS_MAX // 3):
+            rows = self._fetch(
+                f"{IDEMPOTENCY_RECORDS.select} WHERE (party_kind, party_id, key) "
+                f"IN (VALUES {_placeholders(len(chunk), 3)})",
+                [value for kind, party, key in chunk for value in (kind.value, party, key)],
+            )
+            for row in rows:
+                record = IDEMPOTENCY_RECORDS.decode(row)
+                found[(record.party_kind, record.party_id, record.key)] = record
+        return found
 
     def user(self, user_id: int) -> User | None:
         return self._one(USERS, "id = ?", [user_id])
@@ -308,13 +380,21 @@ class PlatformWrites(PlatformReads):
         raise NotImplementedError
 
     def next_id(self, sequence: str) -> int:
+        return self.next_ids(sequence, 1)[0]
+
+    def next_ids(self, sequence: str, count: int) -> range:
+        """The next `count` numbers of a sequence, reserved in one statement."""
         assert sequence, "a sequence has a name"
+        assert count >= 0, f"cannot reserve {count} ids"
+        if count == 0:
+            return range(0)
         rows = self._fetch(
-            "INSERT INTO sequences (name, last_id) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET last_id = sequences.last_id + 1 RETURNING last_id",
-            [sequence],
+            "INSERT INTO sequences (name, last_id) VALUES (?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET last_id = sequences.last_id + excluded.last_id RETURNING last_id",
+            [sequence, count],
         )
-        return int(rows[0][0])
+        last = int(rows[0][0])
+        return range(last - count + 1, last + 1)
 
     def unpaid_orders_due(self, now: int, limit: int) -> list[Order]:
         return self._many(
@@ -389,6 +469,9 @@ class PlatformWrites(PlatformReads):
 
     def save_idempotency_record(self, record: IdempotencyRecord) -> None:
         self._write(IDEMPOTENCY_RECORDS.insert, IDEMPOTENCY_RECORDS, [record])
+
+    def save_idempotency_records(self, records: Sequence[IdempotencyRecord]) -> None:
+        self._write(IDEMPOTENCY_RECORDS.insert, IDEMPOTENCY_RECORDS, records)
 
     def save_webhook_delivery(self, delivery: WebhookDelivery) -> None:
         self._write(WEBHOOK_DELIVERIES.upsert, WEBHOOK_DELIVERIES, [delivery])
