@@ -210,8 +210,9 @@ class LedgerService:
         """One write transaction for a group of commands whose ledger batches are written as
         one (see `GroupedWriteUnit`). Save batches through the yielded unit and append them to
         `committed`, as in `unit_of_work`; at the end `committed` holds the merged batch, the
-        one the database and the account cache then agree on."""
-        with self.unit_of_work(committed) as (unit, meta):
+        one the database and the account cache then agree on. Like a large batch, a group
+        allocates many small records: the cyclic collector is paused while it runs."""
+        with _garbage_collection_paused(), self.unit_of_work(committed) as (unit, meta):
             grouped = GroupedWriteUnit(unit)
             yield grouped, meta
             # Every batch the group committed must have gone through the grouped unit, or the
