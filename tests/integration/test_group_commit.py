@@ -1,11 +1,14 @@
 """Group commit: many payments in one unit of work, one commit, each wholly or not at all."""
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from paycell.core.payments.outcomes import Decision, PaymentError
 from paycell.core.payments.records import OrderStatus, PartyKind
+from paycell.core.results import CreateTransferResult
+from paycell.core.types import Account, PendingStatus, Transfer, TransferFlags
 from paycell.platform import Platform
 from paycell.service.platform import (
     GROUP_PAYMENTS_MAX,
@@ -14,6 +17,8 @@ from paycell.service.platform import (
     OrderPayment,
 )
 from paycell.service.platform_ports import IdempotencyRecord
+
+SECOND = 1_000_000_000
 
 
 @pytest.fixture
@@ -169,3 +174,68 @@ def test_order_command_groups_are_bounded(platform: Platform) -> None:
     too_many = [OrderCommand(OrderAction.PAY, 1, 1)] * (GROUP_PAYMENTS_MAX + 1)
     with pytest.raises(ValueError, match="at most"):
         platform.run_order_commands(too_many)
+
+
+def test_a_command_on_an_order_already_in_the_group_runs_after_it_and_before_the_rest(
+    platform: Platform,
+) -> None:
+    shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
+    broke = platform.create_user("broke")
+    payer = platform.create_user("payer")
+    assert platform.request_top_up(payer.id, "t", 5_00).ok
+    platform.deliver_bank_callbacks()
+    first = platform.create_order(shop.id, "O-1", 5_00).orders[0].id
+    second = platform.create_order(shop.id, "O-2", 5_00).orders[0].id
+
+    outcomes = platform.run_order_commands(
+        [
+            OrderCommand(OrderAction.PAY, first, broke.id),  # refused: no money
+            OrderCommand(OrderAction.PAY, first, payer.id),  # pays, as one after the other
+            OrderCommand(OrderAction.PAY, second, payer.id),  # then the payer has nothing left
+        ]
+    )
+
+    assert [o.decision.ok for o in outcomes] == [False, True, False]
+    assert outcomes[0].decision.error is PaymentError.INSUFFICIENT_FUNDS
+    assert outcomes[2].decision.error is PaymentError.INSUFFICIENT_FUNDS
+
+
+def test_a_group_expires_due_reservations_before_it_decides(tmp_path: Path) -> None:
+    now = [1_800_000_000 * SECOND]
+    with Platform(tmp_path / "expiry.db", clock=lambda: now[0]) as platform:
+        shop = platform.create_merchant(
+            "shop", fee_rate_basis_points=0, settlement_bank_account="x"
+        )
+        buyer = platform.create_user("buyer")
+        assert platform.request_top_up(buyer.id, "t", 10_00).ok
+        platform.deliver_bank_callbacks()
+        order = platform.create_order(shop.id, "O-1", 5_00).orders[0]
+        # The embedding application's own use of the ledger: a one-second hold.
+        platform.ledger.create_accounts(
+            [Account(9_000_001, ledger=1, code=1), Account(9_000_002, ledger=1, code=1)]
+        )
+        hold = Transfer(
+            9_000_010,
+            9_000_001,
+            9_000_002,
+            7,
+            ledger=1,
+            code=1,
+            timeout=1,
+            flags=TransferFlags.PENDING,
+        )
+        assert platform.ledger.create_transfers([hold]) == [CreateTransferResult.OK]
+        now[0] += 5 * SECOND
+        batches_before = platform.store.meta().batch_number
+
+        outcomes = platform.run_order_commands([OrderCommand(OrderAction.PAY, order.id, buyer.id)])
+
+        assert outcomes[0].decision.ok
+        # The expiry is its own journal entry, ahead of the group's one merged batch.
+        assert platform.store.meta().batch_number == batches_before + 2
+        state = platform.store.pending_state(hold.id)
+        assert state is not None
+        assert state.status == PendingStatus.EXPIRED
+        (released,) = platform.ledger.lookup_accounts([9_000_001])
+        assert released.debits_pending == 0
+        assert platform.verify().ok

@@ -15,7 +15,7 @@ from paycell.adapters.storage.sqlite import SqliteStore
 from paycell.core.batch import CommittedBatch, LedgerMeta, merge_batches
 from paycell.core.results import CreateTransferResult as R
 from paycell.core.types import Account, AccountFlags, Transfer, TransferFlags
-from paycell.service.ledger_service import LedgerService
+from paycell.service.ledger_service import GroupExpiryError, LedgerService
 from paycell.service.ports import LedgerStore, WriteUnit
 from paycell.service.verify import verify
 
@@ -92,7 +92,6 @@ def _apply(
 def _run_grouped(service: LedgerService) -> tuple[list[list[R]], list[CommittedBatch]]:
     committed: list[CommittedBatch] = []
     with service.grouped_unit_of_work(committed) as (unit, meta):
-        meta = service.expire_due(unit, meta, committed)
         holder: list[LedgerMeta] = [meta]
         results = [_apply(service, unit, committed, batch, holder) for batch in GROUP]
     return results, committed
@@ -226,3 +225,17 @@ def _held_batches(service: LedgerService) -> list[CommittedBatch]:
 
 class AbandonedError(Exception):
     """Rolls a unit of work back on purpose."""
+
+
+def test_expiry_is_never_asked_of_a_grouped_unit(
+    grouped: tuple[LedgerStore, LedgerService],
+) -> None:
+    # Held expiries are not in the database's due index: expiring through the grouped unit
+    # would find and release the same reservations again.
+    _, service = grouped
+    committed: list[CommittedBatch] = []
+    with (
+        pytest.raises(GroupExpiryError),
+        service.grouped_unit_of_work(committed) as (unit, meta),
+    ):
+        service.expire_due(unit, meta, committed)

@@ -52,6 +52,10 @@ def _garbage_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+class GroupExpiryError(RuntimeError):
+    """Expiry was asked of a grouped unit: it must run before the group starts."""
+
+
 class GroupedWriteUnit:
     """A write unit for group commit: the ledger batches that a group's commands save are
     held in memory and written at the end as ONE merged batch (`merge_batches`), so a hot
@@ -107,10 +111,12 @@ class GroupedWriteUnit:
         return self._overlaid(ids, self._failed, self._unit.failed_results)
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
-        # Expiry runs once at the start of a group, before anything is held; held pending
-        # transfers are not in the database's due index yet.
-        assert not self.held, "expire due transfers before the group holds batches"
-        return self._unit.due_pending_transfers(timestamp, limit)
+        # Held expiries are not in the database's due index yet, so expiring through this
+        # unit would find the same transfers again and expire them twice.
+        raise GroupExpiryError(
+            "a group expires due transfers before it starts (grouped_unit_of_work does), "
+            "never through the grouped unit"
+        )
 
     def write_held(self) -> CommittedBatch | None:
         """Write the held batches as one and return it (None when nothing was held)."""
@@ -209,20 +215,26 @@ class LedgerService:
     ) -> Iterator[tuple[GroupedWriteUnit, LedgerMeta]]:
         """One write transaction for a group of commands whose ledger batches are written as
         one (see `GroupedWriteUnit`). Save batches through the yielded unit and append them to
-        `committed`, as in `unit_of_work`; at the end `committed` holds the merged batch, the
-        one the database and the account cache then agree on. Like a large batch, a group
+        `committed`, as in `unit_of_work`; at the end `committed` holds the expiries that ran
+        first and the merged batch, the ones the database and the account cache agree on.
+        The yielded meta is the one after those expiries. Like a large batch, a group
         allocates many small records: the cyclic collector is paused while it runs."""
         with _garbage_collection_paused(), self.unit_of_work(committed) as (unit, meta):
+            # Expiry first, straight to the database, as its own journal entries: the group's
+            # commands then decide on released reservations, and expiry never sees held state.
+            meta = self.expire_due(unit, meta, committed)
+            expired = len(committed)
             grouped = GroupedWriteUnit(unit)
             yield grouped, meta
             # Every batch the group committed must have gone through the grouped unit, or the
             # cache would learn of batch numbers the database never had.
-            assert len(committed) == len(grouped.held), "a group's batches go through it"
-            assert all(mine is held for mine, held in zip(committed, grouped.held, strict=True)), (
-                "a group's batches must be saved in the group"
-            )
+            saved = committed[expired:]
+            if len(saved) != len(grouped.held) or any(
+                mine is not held for mine, held in zip(saved, grouped.held, strict=True)
+            ):
+                raise RuntimeError("a group's batches must be saved through the grouped unit")
             merged = grouped.write_held()
-            committed[:] = [merged] if merged is not None else []
+            committed[expired:] = [merged] if merged is not None else []
 
     def accounts_in_unit(self, unit: WriteUnit, ids: Collection[int]) -> dict[int, Account]:
         found, missing = self.account_cache.split(ids)

@@ -498,7 +498,6 @@ class PlatformService:
         committed: list[CommittedBatch] = []
         with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
             unit = cast(PlatformWriteUnit, ledger_unit)
-            meta = self.ledger.expire_due(unit, meta, committed)
             merchant = unit.merchant(merchant_id)
             start = 0
             while start < len(payments):
@@ -613,10 +612,12 @@ class PlatformService:
         transfers a linked chain of their own: a chain the ledger refuses (a wallet short of
         funds) is dropped and the batch is run again without it, so a refused command writes
         nothing, and every account the group touches, a hot merchant's balance above all, is
-        written once per group rather than once per payment. Commands on the same order run in
-        successive rounds, so the later one sees the earlier one's outcome, exactly as one after
-        the other. Each command's idempotency record (`OrderCommand.remember`) is kept in the
-        same unit; a record another request stored first for the same key wins.
+        written once per group rather than once per payment. A round is the longest run of
+        commands on distinct orders; a command on an order already in the round starts the
+        next one, so every command sees what the commands before it did, exactly as one after
+        the other. Due reservations are expired before the first round. Each command's
+        idempotency record (`OrderCommand.remember`) is kept in the same unit; a record another
+        request stored first for the same key wins.
         At most `GROUP_PAYMENTS_MAX` commands per call.
 
         A round reads its orders, their merchants and the payers in three queries, decides
@@ -631,16 +632,20 @@ class PlatformService:
         committed: list[CommittedBatch] = []
         with self.ledger.grouped_unit_of_work(committed) as (ledger_unit, meta):
             unit = cast(PlatformWriteUnit, ledger_unit)
-            meta = self.ledger.expire_due(unit, meta, committed)
             waiting = list(range(len(commands)))
             while waiting:
+                # A round is the longest run of commands on distinct orders: a command on an
+                # order already in the round, and every command after it, waits for the next
+                # round, so each decides on what the commands before it left.
                 this_round: list[int] = []
-                later: list[int] = []
                 order_ids: set[int] = set()
                 for index in waiting:
                     order_id = commands[index].order_id
-                    (later if order_id in order_ids else this_round).append(index)
+                    if order_id in order_ids:
+                        break
+                    this_round.append(index)
                     order_ids.add(order_id)
+                later = waiting[len(this_round) :]
                 now = self.clock()
                 orders = unit.orders_by_id(order_ids)
                 merchants = unit.merchants_by_id({order.merchant_id for order in orders.values()})
