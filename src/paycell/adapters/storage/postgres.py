@@ -28,23 +28,18 @@ from typing import Any, Final
 import psycopg
 from psycopg.types.numeric import IntLoader
 
-from paycell.adapters.storage.journal_rows import read_batch_records
-from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
-from paycell.core.journal import GENESIS_HASH, Expiry, Failure, JournalEntry
-from paycell.core.types import (
-    Account,
-    AccountBalance,
-    AccountFilter,
-    AccountFilterFlags,
-    PendingStatus,
-    QueryFilter,
-    QueryFilterFlags,
-    Transfer,
+from paycell.adapters.storage import ledger_queries
+from paycell.adapters.storage.ledger_queries import (
+    ACCOUNT_COLUMNS,
+    TRANSFER_COLUMNS,
+    Dialect,
+    SqlLedgerReads,
 )
+from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
+from paycell.core.journal import GENESIS_HASH
+from paycell.core.types import Account, AccountBalance, PendingStatus, Transfer
 
 SCHEMA_VERSION: Final = 1
-# Timestamps are BIGINT; a filter bound above the largest one selects the same rows.
-_TIMESTAMP_CEILING: Final = (1 << 63) - 1
 # Arbitrary constant naming the advisory lock that serializes schema creation across
 # processes opening the same new database at once ("paycell" in ASCII).
 _SCHEMA_LOCK_KEY: Final = 0x70617963656C6C
@@ -152,16 +147,6 @@ CREATE OR REPLACE TRIGGER journal_is_append_only_delete
     FOR EACH STATEMENT EXECUTE FUNCTION paycell_reject_change('the journal is append-only')
 """
 
-_ACCOUNT_COLUMNS: Final = (
-    "id, debits_pending, debits_posted, credits_pending, credits_posted, user_data_128, "
-    "user_data_64, user_data_32, reserved, ledger, code, flags, timestamp"
-)
-_TRANSFER_COLUMNS: Final = (
-    "id, debit_account_id, credit_account_id, amount, pending_id, user_data_128, "
-    "user_data_64, user_data_32, timeout, ledger, code, flags, timestamp"
-)
-_PREFIXED_TRANSFER_COLUMNS: Final = ", ".join("t." + c for c in _TRANSFER_COLUMNS.split(", "))
-
 # COPY text-format rows. Column order is the record's field order (plus created_flags for a
 # new account), so a whole record formats in one `%`.
 _ACCOUNT_COPY_ROW: Final = b"\t".join([b"%d"] * 14) + b"\n"
@@ -169,9 +154,6 @@ _TRANSFER_COPY_ROW: Final = b"\t".join([b"%d"] * 13) + b"\n"
 _HISTORY_COPY_ROW: Final = b"\t".join([b"%d"] * 6) + b"\n"
 _PENDING_COPY_ROW: Final = b"%d\t%d\t%d\n"
 _EXPIRY_COPY_ROW: Final = b"%d\t%d\n"
-
-assert Account._fields == tuple(_ACCOUNT_COLUMNS.split(", "))
-assert Transfer._fields == tuple(_TRANSFER_COLUMNS.split(", "))
 
 
 def _id_array(ids: Iterable[int]) -> str:
@@ -188,9 +170,19 @@ def _transfer_from_row(row: Sequence[Any]) -> Transfer:
     return Transfer._make(row)
 
 
-def _timestamp_bounds(timestamp_min: int, timestamp_max: int) -> tuple[int, int]:
-    high = timestamp_max if timestamp_max else _TIMESTAMP_CEILING
-    return min(timestamp_min, _TIMESTAMP_CEILING), min(high, _TIMESTAMP_CEILING)
+_POSTGRES: Final = Dialect(
+    placeholder="%s",
+    # The casts make each comparison one of the column's own type, which its index serves.
+    wide_parameter="%s::numeric",
+    narrow_parameter="%s::bigint",
+    # NUMERIC is bound from, and loaded as, a plain int (see IntLoader below).
+    encode=int,
+    decode=int,
+    account_from_row=_account_from_row,
+    transfer_from_row=_transfer_from_row,
+    balance_from_row=AccountBalance._make,
+    limit_each_side=True,
+)
 
 
 def _read_meta(connection: psycopg.Connection[Any], *, lock: bool) -> LedgerMeta:
@@ -208,7 +200,7 @@ def _accounts_by_id(
     if not ids:
         return {}
     rows = connection.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY(%s::numeric[])",
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY(%s::numeric[])",
         (_id_array(ids),),
     ).fetchall()
     return {row[0]: Account._make(row) for row in rows}
@@ -220,7 +212,7 @@ def _transfers_by_id(
     if not ids:
         return {}
     rows = connection.execute(
-        f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE id = ANY(%s::numeric[])",
+        f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ANY(%s::numeric[])",
         (_id_array(ids),),
     ).fetchall()
     return {row[0]: Transfer._make(row) for row in rows}
@@ -259,25 +251,20 @@ class _PostgresWriteUnit:
         return {row[0]: row[1] for row in rows}
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
-        rows = self._connection.execute(
-            f"SELECT {_PREFIXED_TRANSFER_COLUMNS} "
-            "FROM pending_transfers p JOIN transfers t ON t.id = p.id "
-            "WHERE p.status = 1 AND p.expires_at > 0 AND p.expires_at <= %s "
-            "ORDER BY p.expires_at, t.timestamp LIMIT %s",
-            (min(timestamp, _TIMESTAMP_CEILING), limit),
-        ).fetchall()
+        sql, parameters = ledger_queries.due_pending_transfers(_POSTGRES, timestamp, limit)
+        rows = self._connection.execute(sql, parameters).fetchall()
         return [_transfer_from_row(row) for row in rows]
 
     def save(self, batch: CommittedBatch) -> None:
         cursor = self._connection.cursor()
         if batch.accounts_created:
             with cursor.copy(
-                f"COPY accounts ({_ACCOUNT_COLUMNS}, created_flags) FROM STDIN"
+                f"COPY accounts ({ACCOUNT_COLUMNS}, created_flags) FROM STDIN"
             ) as copy:
                 row = _ACCOUNT_COPY_ROW
                 copy.write(b"".join([row % (*a, a.flags) for a in batch.accounts_created]))
         if batch.transfers_created:
-            with cursor.copy(f"COPY transfers ({_TRANSFER_COLUMNS}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY transfers ({TRANSFER_COLUMNS}) FROM STDIN") as copy:
                 row = _TRANSFER_COPY_ROW
                 copy.write(b"".join([row % t for t in batch.transfers_created]))
         if batch.accounts_updated:
@@ -370,8 +357,10 @@ class _PostgresWriteUnit:
         self._meta = batch.meta_after
 
 
-class PostgresStore:
+class PostgresStore(SqlLedgerReads):
     """A ledger in one PostgreSQL database. Open one per process; processes may share it."""
+
+    _dialect = _POSTGRES
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -427,180 +416,31 @@ class PostgresStore:
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection, lock=False)
 
-    def has_due_pending_transfers(self, timestamp: int) -> bool:
-        row = self._connection.execute(
-            "SELECT 1 FROM pending_transfers WHERE status = 1 AND expires_at > 0 "
-            "AND expires_at <= %s LIMIT 1",
-            (min(timestamp, _TIMESTAMP_CEILING),),
-        ).fetchone()
-        return row is not None
-
     def lookup_accounts(self, ids: Collection[int]) -> dict[int, Account]:
         return _accounts_by_id(self._connection, ids)
 
     def lookup_transfers(self, ids: Collection[int]) -> dict[int, Transfer]:
         return _transfers_by_id(self._connection, ids)
 
-    def pending_state(self, transfer_id: int) -> PendingState | None:
-        row = self._connection.execute(
-            "SELECT status, expires_at FROM pending_transfers WHERE id = %s::numeric",
-            (transfer_id,),
-        ).fetchone()
-        return PendingState(row[0], row[1]) if row else None
+    def _rows(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        return self._connection.execute(sql, parameters).fetchall()
 
-    def account_transfers(self, account_filter: AccountFilter, limit: int) -> list[Transfer]:
-        low, high = _timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
-        conditions = ["timestamp >= %s", "timestamp <= %s"]
-        values: list[Any] = [low, high]
-        for column in ("user_data_128", "user_data_64", "user_data_32", "code"):
-            wanted = getattr(account_filter, column)
-            if wanted:
-                conditions.append(f"{column} = %s::{_column_type(column)}")
-                values.append(wanted)
-        where = " AND ".join(conditions)
-        order = "DESC" if account_filter.flags & AccountFilterFlags.REVERSED else "ASC"
-        selects: list[str] = []
-        parameters: list[Any] = []
-        for side, flag in (
-            ("debit_account_id", AccountFilterFlags.DEBITS),
-            ("credit_account_id", AccountFilterFlags.CREDITS),
-        ):
-            if account_filter.flags & flag:
-                # Each side is its own indexed range scan; an account is never both sides of
-                # one transfer, so UNION ALL has no duplicates.
-                selects.append(
-                    f"(SELECT {_TRANSFER_COLUMNS} FROM transfers "
-                    f"WHERE {side} = %s::numeric AND {where} ORDER BY timestamp {order} LIMIT %s)"
-                )
-                parameters.extend([account_filter.account_id, *values, limit])
-        sql = (
-            f"SELECT * FROM ({' UNION ALL '.join(selects)}) AS statement "
-            f"ORDER BY timestamp {order} LIMIT %s"
-        )
-        rows = self._connection.execute(sql, [*parameters, limit]).fetchall()
-        return [_transfer_from_row(row) for row in rows]
-
-    def account_balances(self, account_filter: AccountFilter, limit: int) -> list[AccountBalance]:
-        low, high = _timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
-        conditions = ["h.account_id = %s::numeric", "h.timestamp >= %s", "h.timestamp <= %s"]
-        values: list[Any] = [account_filter.account_id, low, high]
-        for column in ("user_data_128", "user_data_64", "user_data_32", "code"):
-            wanted = getattr(account_filter, column)
-            if wanted:
-                conditions.append(f"t.{column} = %s::{_column_type(column)}")
-                values.append(wanted)
-        sides = []
-        if account_filter.flags & AccountFilterFlags.DEBITS:
-            sides.append("t.debit_account_id = h.account_id")
-        if account_filter.flags & AccountFilterFlags.CREDITS:
-            sides.append("t.credit_account_id = h.account_id")
-        conditions.append("(" + " OR ".join(sides) + ")")
-        order = "DESC" if account_filter.flags & AccountFilterFlags.REVERSED else "ASC"
-        rows = self._connection.execute(
-            "SELECT h.debits_pending, h.debits_posted, h.credits_pending, h.credits_posted, "
-            "h.timestamp FROM account_history h JOIN transfers t ON t.timestamp = h.timestamp "
-            f"WHERE {' AND '.join(conditions)} ORDER BY h.timestamp {order} LIMIT %s",
-            [*values, limit],
-        ).fetchall()
-        return [AccountBalance._make(row) for row in rows]
-
-    def _query(self, table: str, columns: str, query_filter: QueryFilter, limit: int) -> list[Any]:
-        low, high = _timestamp_bounds(query_filter.timestamp_min, query_filter.timestamp_max)
-        conditions = ["timestamp >= %s", "timestamp <= %s"]
-        values: list[Any] = [low, high]
-        for column in ("user_data_128", "user_data_64", "user_data_32", "ledger", "code"):
-            wanted = getattr(query_filter, column)
-            if wanted:
-                conditions.append(f"{column} = %s::{_column_type(column)}")
-                values.append(wanted)
-        order = "DESC" if query_filter.flags & QueryFilterFlags.REVERSED else "ASC"
-        return self._connection.execute(
-            f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
-            f"ORDER BY timestamp {order} LIMIT %s",
-            [*values, limit],
-        ).fetchall()
-
-    def query_accounts(self, query_filter: QueryFilter, limit: int) -> list[Account]:
-        rows = self._query("accounts", _ACCOUNT_COLUMNS, query_filter, limit)
-        return [_account_from_row(row) for row in rows]
-
-    def query_transfers(self, query_filter: QueryFilter, limit: int) -> list[Transfer]:
-        rows = self._query("transfers", _TRANSFER_COLUMNS, query_filter, limit)
-        return [_transfer_from_row(row) for row in rows]
-
-    # What `paycell verify` reads. Whole tables are streamed in keyset-paginated chunks rather
-    # than through one open cursor, so that other queries on this connection (verify reads a
-    # batch's rows while it walks the journal) can run in between.
-
-    def _stream(self, sql: str, key: int, first_key: Any) -> Iterator[tuple[Any, ...]]:
-        """Rows of `sql`, which must select rows whose key (column `key` of the row) is above a
-        parameter, ordered by that key, with a LIMIT parameter; fetched in chunks."""
-        after = first_key
+    def _table_rows(self, table: str, columns: str, key: str) -> Iterator[Sequence[Any]]:
+        # Keyset-paginated chunks rather than one open cursor, so that other queries on this
+        # connection (verify reads a batch's rows while it walks the journal) can run between.
+        key_parameter = "%s::numeric" if key == "id" else "%s"
+        sql = f"SELECT {columns} FROM {table} WHERE {key} > {key_parameter} ORDER BY {key} LIMIT %s"
+        key_index = columns.split(", ").index(key)
+        after = -1
         while True:
             rows = self._connection.execute(sql, (after, _STREAM_CHUNK)).fetchall()
             yield from rows
             if len(rows) < _STREAM_CHUNK:
                 return
-            after = rows[-1][key]
-
-    def journal_entries(self) -> Iterator[JournalEntry]:
-        for row in self._stream(
-            "SELECT batch_number, kind, timestamp_first, timestamp_last, event_count, "
-            "previous_hash, hash FROM journal WHERE batch_number > %s "
-            "ORDER BY batch_number LIMIT %s",
-            0,
-            -1,
-        ):
-            yield JournalEntry(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bytes(row[6]))
-
-    def batch_records(
-        self, entry: JournalEntry
-    ) -> tuple[list[Account], list[Transfer], list[Expiry], list[Failure]]:
-        return read_batch_records(
-            entry,
-            self._connection.execute,
-            "%s",
-            _ACCOUNT_COLUMNS,
-            _TRANSFER_COLUMNS,
-            _account_from_row,
-            _transfer_from_row,
-            int,
-        )
-
-    def all_accounts(self) -> Iterator[Account]:
-        for row in self._stream(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE timestamp > %s "
-            "ORDER BY timestamp LIMIT %s",
-            12,
-            -1,
-        ):
-            yield _account_from_row(row)
-
-    def all_transfers(self) -> Iterator[Transfer]:
-        for row in self._stream(
-            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE timestamp > %s "
-            "ORDER BY timestamp LIMIT %s",
-            12,
-            -1,
-        ):
-            yield _transfer_from_row(row)
-
-    def all_pending_states(self) -> Iterator[tuple[int, PendingState]]:
-        for row in self._stream(
-            "SELECT id, status, expires_at FROM pending_transfers WHERE id > %s::numeric "
-            "ORDER BY id LIMIT %s",
-            0,
-            -1,
-        ):
-            yield row[0], PendingState(row[1], row[2])
+            after = rows[-1][key_index]
 
     def close(self) -> None:
         self._connection.close()
-
-
-def _column_type(column: str) -> str:
-    """The SQL type a filter value is cast to, so the comparison uses the column's index."""
-    return "numeric" if column in ("user_data_128", "user_data_64") else "bigint"
 
 
 assert PendingStatus.PENDING == 1  # The partial index above hard-codes the pending status.
