@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from paycell.adapters.storage.platform_factory import open_platform_store
 from paycell.adapters.webhooks import DispatchReport, HttpWebhookSender, WebhookDispatcher
+from paycell.core.batch import CommittedBatch
 from paycell.core.payments.outcomes import Decision
 from paycell.core.payments.records import Merchant, User
 from paycell.core.payments.webhook_schedule import (
@@ -546,3 +548,28 @@ def test_run_delivers_in_the_background_until_stopped(
     assert [r.event_id for r in receiver.requests] == [event_id, second]
     assert sum(r.delivered for r in reports) == 2
     assert delivery_of(world, second).status == DELIVERED
+
+
+def test_a_dispatch_pass_records_all_its_results_in_one_commit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, receiver = world.platform, world.receiver
+    merchant = shop(platform, receiver.url)
+    payer = buyer(platform, 100_00)
+    for number in ("C-1", "C-2", "C-3", "C-4"):
+        paid_order(platform, merchant, payer, number)
+    units: list[object] = []
+    open_unit = platform.ledger.unit_of_work
+
+    def counted(committed: list[CommittedBatch]) -> Any:
+        units.append(committed)
+        return open_unit(committed)
+
+    monkeypatch.setattr(platform.ledger, "unit_of_work", counted)
+    report = world.dispatcher.deliver_due()
+
+    assert (report.claimed, report.delivered) == (4, 4)
+    # One unit of work claims the pass's deliveries, one records what came of them.
+    assert len(units) == 2
+    events = platform.webhook_events(merchant.id)
+    assert [delivery_of(world, e.id).status for e in events] == ["delivered"] * 4

@@ -27,7 +27,13 @@ from typing import Final
 
 from paycell.adapters.webhooks.sender import SEND_TIMEOUT_SECONDS, WebhookSender, webhook_headers
 from paycell.core.payments.webhook_schedule import NANOSECONDS_PER_SECOND
-from paycell.service.webhooks import FAILED, LEASE_SECONDS, Claimed, WebhookService
+from paycell.service.webhooks import (
+    FAILED,
+    LEASE_SECONDS,
+    AttemptResult,
+    Claimed,
+    WebhookService,
+)
 
 DEFAULT_BATCH: Final = 100
 DEFAULT_CONCURRENCY: Final = 8
@@ -86,8 +92,7 @@ class WebhookDispatcher:
                 thread_name_prefix="paycell-webhook",
             ) as pool:
                 sent = list(pool.map(self._send, claimed))
-        for item, outcome in sent:
-            self._record(item, outcome, report)
+        self._record(sent, report)
         return report
 
     def _send(self, item: Claimed) -> tuple[Claimed, tuple[bool, str] | None]:
@@ -100,29 +105,34 @@ class WebhookDispatcher:
         return item, (outcome.delivered, outcome.error)
 
     def _record(
-        self, item: Claimed, outcome: tuple[bool, str] | None, report: DispatchReport
+        self, sent: list[tuple[Claimed, tuple[bool, str] | None]], report: DispatchReport
     ) -> None:
-        delivery = item[0]
-        if outcome is None:
-            report.lease_expired += 1
-            return
-        delivered, error = outcome
+        """Record the pass's results in one commit; a send whose lease ran out first is not
+        recorded (its delivery is due again as the next attempt)."""
+        answered = [(item[0], outcome) for item, outcome in sent if outcome is not None]
+        report.lease_expired += len(sent) - len(answered)
         try:
-            updated = self.service.record_result(
-                delivery.event_id, delivered, error, attempt=delivery.attempts
+            updates = self.service.record_results(
+                [
+                    AttemptResult(delivery.event_id, delivered, error, delivery.attempts)
+                    for delivery, (delivered, error) in answered
+                ]
             )
-        except Exception as problem:  # the lease runs out and the attempt is made again
-            _log.exception("recording webhook %s failed", delivery.event_id)
-            report.errors.append(f"event {delivery.event_id}: {problem}")
+        except Exception as problem:  # the leases run out and the attempts are made again
+            _log.exception("recording %d webhook results failed", len(answered))
+            report.errors.extend(
+                f"event {delivery.event_id}: {problem}" for delivery, _ in answered
+            )
             return
-        if updated is None:
-            report.lease_expired += 1
-        elif delivered:
-            report.delivered += 1
-        elif updated.status == FAILED:
-            report.given_up += 1
-        else:
-            report.retrying += 1
+        for (_delivery, (delivered, _error)), updated in zip(answered, updates, strict=True):
+            if updated is None:
+                report.lease_expired += 1
+            elif delivered:
+                report.delivered += 1
+            elif updated.status == FAILED:
+                report.given_up += 1
+            else:
+                report.retrying += 1
 
     def run(
         self,
