@@ -133,14 +133,16 @@ class WebhookService:
         with self.ledger.unit_of_work([]) as (ledger_unit, _meta):
             unit = cast(_WebhookUnit, ledger_unit)
             now = self.clock()
-            merchants: dict[int, Merchant | None] = {}
-            for delivery in unit.webhook_deliveries_due(now, min(limit, CLAIM_LIMIT_MAX)):
-                event = unit.webhook_event(delivery.event_id)
-                if delivery.merchant_id not in merchants:
-                    merchants[delivery.merchant_id] = unit.merchant(delivery.merchant_id)
-                merchant = merchants[delivery.merchant_id]
+            due = unit.webhook_deliveries_due(now, min(limit, CLAIM_LIMIT_MAX))
+            # The pass's events and merchants in two queries, its deliveries in one write.
+            events = unit.webhook_events_by_id({delivery.event_id for delivery in due})
+            merchants = unit.merchants_by_id({delivery.merchant_id for delivery in due})
+            saved: list[WebhookDelivery] = []
+            for delivery in due:
+                event = events.get(delivery.event_id)
+                merchant = merchants.get(delivery.merchant_id)
                 if event is None or merchant is None or not merchant.webhook_url:
-                    unit.save_webhook_delivery(
+                    saved.append(
                         delivery._replace(
                             status=SKIPPED,
                             next_attempt_at=0,
@@ -152,8 +154,9 @@ class WebhookService:
                     attempts=delivery.attempts + 1,
                     next_attempt_at=now + lease_seconds * NANOSECONDS_PER_SECOND,
                 )
-                unit.save_webhook_delivery(leased)
+                saved.append(leased)
                 claimed.append((leased, event, merchant))
+            unit.save_webhook_deliveries(saved)
         return claimed
 
     def record_result(

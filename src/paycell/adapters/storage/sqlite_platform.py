@@ -351,6 +351,9 @@ class PlatformReads:
     def webhook_event(self, event_id: int) -> WebhookEvent | None:
         return self._one(WEBHOOK_EVENTS, "id = ?", [event_id])
 
+    def webhook_events_by_id(self, ids: Collection[int]) -> dict[int, WebhookEvent]:
+        return {event.id: event for event in self._in(WEBHOOK_EVENTS, "id IN", [], ids)}
+
     def webhook_events_of_merchant(
         self, merchant_id: int, after_id: int, limit: int
     ) -> list[WebhookEvent]:
@@ -475,6 +478,9 @@ class PlatformWrites(PlatformReads):
 
     def save_webhook_delivery(self, delivery: WebhookDelivery) -> None:
         self._write(WEBHOOK_DELIVERIES.upsert, WEBHOOK_DELIVERIES, [delivery])
+
+    def save_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        self._write(WEBHOOK_DELIVERIES.upsert, WEBHOOK_DELIVERIES, deliveries)
 
 
 # --------------------------------------------------------------------------------- SQLite
