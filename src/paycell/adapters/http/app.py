@@ -392,21 +392,18 @@ def wallet_balance(call: Call) -> Reply:
 
 
 def top_up(call: Call) -> Reply:
-    body = call.body
-    return _channel_reply(
-        call.platform.request_top_up(
-            call.caller.party_id,
-            _str(body, "request_no"),
-            _int(body, "amount"),
-            _currency(call, body.get("currency")),
-        )
-    )
+    return _wallet_channel_request(call, call.platform.request_top_up)
 
 
 def withdraw(call: Call) -> Reply:
+    return _wallet_channel_request(call, call.platform.request_withdrawal)
+
+
+def _wallet_channel_request(call: Call, request: Callable[[int, str, int, str], Decision]) -> Reply:
+    """A top-up or a withdrawal: the same body, sent to the bank in opposite directions."""
     body = call.body
     return _channel_reply(
-        call.platform.request_withdrawal(
+        request(
             call.caller.party_id,
             _str(body, "request_no"),
             _int(body, "amount"),
