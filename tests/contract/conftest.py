@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from paycell import Account, Ledger
+from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage.factory import is_postgres_url
 
 # 2023-11-14T22:13:20Z in nanoseconds: a realistic "now", well inside the ledger's range.
@@ -64,6 +65,27 @@ class RawDatabase:
 
     def close(self) -> None:
         self._connection.close()
+
+
+# A statement tail this short is indexed every few batches, so statements read from the
+# statement tables and the tail scan together; the default leaves small tests in the tail.
+SHORT_STATEMENT_TAIL = 3
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "sqlite-short-statement-tail",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty ledger database on each backend in turn, SQLite in two shapes."""
+    if request.param == "sqlite-short-statement-tail":
+        monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", SHORT_STATEMENT_TAIL)
+    if request.param.startswith("sqlite"):
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import IO, Final, TypeVar
 from paycell.adapters.cli import codec, ledger_commands
 from paycell.adapters.cli.progress import Progress
 from paycell.adapters.storage.factory import is_postgres_url
-from paycell.core.errors import InvalidInputError
+from paycell.core.errors import InvalidInputError, PaycellError
 from paycell.core.limits import (
     BATCH_EVENTS_MAX,
     QUERY_LIMIT_MAX,
@@ -498,6 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInputError as error:
         print(f"paycell: error: {error.code}: {error.message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PaycellError as error:
+        # Not the input's fault (a database from a newer paycell): said, not a traceback.
+        print(f"paycell: error: {error.code}: {error.message}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:
         # `paycell ... | head`: the reader went away; nothing more to say.
         sys.stderr.close()

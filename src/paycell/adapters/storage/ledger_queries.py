@@ -1,16 +1,18 @@
 """The ledger's read queries, written once for both SQL backends.
 
-Both backends have the same tables, columns and indexes, so a statement (a time range, the
-direction flags, the order, the limit, the pagination bounds) means the same thing on either;
-writing each one here once keeps their results and their order the same by construction. What
-does differ is described by a `Dialect`:
+Both backends have the same tables and columns, so a statement (a time range, the direction
+flags, the order, the limit, the pagination bounds) means the same thing on either; writing each
+one here once keeps their results and their order the same by construction. What does differ is
+described by a `Dialect`:
 
 - the placeholder (`?` or `%s`);
 - how an unsigned 128-bit value is bound and read back: SQLite stores one as an INTEGER below
   2**63 and as a 16-byte big-endian BLOB above (an encoding that keeps numeric order, so `=`
   and ranges work on the encoded value); PostgreSQL stores NUMERIC(39,0) and binds a plain int
   with a cast, so that the comparison is with the column's type and can use its index;
-- how a row becomes an `Account`, a `Transfer` or an `AccountBalance`.
+- how a row becomes an `Account`, a `Transfer` or an `AccountBalance`;
+- how an account's transfers are found: PostgreSQL indexes the transfers' account columns,
+  SQLite fills statement tables in bulk and scans the few transfers not yet in them.
 
 The functions build a statement's text and parameters from a filter and touch no database;
 `SqlLedgerReads` runs them for a store. The hot paths (a write unit's prefetch by id, `save()`)
@@ -50,6 +52,10 @@ JOURNAL_COLUMNS: Final = (
 assert Account._fields == tuple(ACCOUNT_COLUMNS.split(", "))
 assert Transfer._fields == tuple(TRANSFER_COLUMNS.split(", "))
 _JOINED_TRANSFER_COLUMNS: Final = ", ".join("t." + c for c in TRANSFER_COLUMNS.split(", "))
+# The timestamp taken from the statement table, so that its key order is the result's order.
+_STATEMENT_TRANSFER_COLUMNS: Final = _JOINED_TRANSFER_COLUMNS.replace(
+    "t.timestamp", "s.timestamp AS timestamp"
+)
 
 # Ledger timestamps are signed 64-bit in both schemas and never reach 2**63, so a bound at or
 # beyond it means "unbounded" and is capped to the largest value either database can bind.
@@ -85,6 +91,10 @@ class Dialect:
     # PostgreSQL then plans each side as a bounded range scan of its index; SQLite merges the
     # two ordered index scans of a compound SELECT by itself and stops at the outer LIMIT.
     limit_each_side: bool
+    # Whether account statements come from the bulk-filled statement tables plus a scan of the
+    # transfers after their watermark (SQLite; see its module), rather than from indexes on
+    # the transfers' account columns (PostgreSQL).
+    bulk_statement_index: bool
 
 
 def timestamp_bounds(timestamp_min: int, timestamp_max: int) -> tuple[int, int]:
@@ -119,6 +129,8 @@ def _order(reversed_: bool) -> str:
 
 def account_transfers(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:
     """An account's transfers (its statement): one indexed scan per side asked for, merged."""
+    if dialect.bulk_statement_index:
+        return _account_transfers_bulk_indexed(dialect, account_filter, limit)
     p = dialect.placeholder
     low, high = timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
     conditions, values = _field_conditions(dialect, account_filter, _ACCOUNT_FILTER_FIELDS)
@@ -128,26 +140,77 @@ def account_transfers(dialect: Dialect, account_filter: AccountFilter, limit: in
     account = dialect.encode(account_filter.account_id)
     selects: list[str] = []
     parameters: list[Any] = []
-    for side, flag in (
-        ("debit_account_id", AccountFilterFlags.DEBITS),
-        ("credit_account_id", AccountFilterFlags.CREDITS),
-    ):
-        if account_filter.flags & flag:
-            # An account is never both sides of one transfer, so UNION ALL has no duplicates.
-            select = (
-                f"SELECT {TRANSFER_COLUMNS} FROM transfers "
-                f"WHERE {side} = {dialect.wide_parameter} AND {where}"
-            )
-            if dialect.limit_each_side:
-                selects.append(f"({select} ORDER BY timestamp {order} LIMIT {p})")
-                parameters.extend([account, *values, limit])
-            else:
-                selects.append(select)
-                parameters.extend([account, *values])
+    for side in _statement_sides(account_filter):
+        # An account is never both sides of one transfer, so UNION ALL has no duplicates.
+        select = (
+            f"SELECT {TRANSFER_COLUMNS} FROM transfers "
+            f"WHERE {side}_account_id = {dialect.wide_parameter} AND {where}"
+        )
+        if dialect.limit_each_side:
+            selects.append(f"({select} ORDER BY timestamp {order} LIMIT {p})")
+            parameters.extend([account, *values, limit])
+        else:
+            selects.append(select)
+            parameters.extend([account, *values])
     union = " UNION ALL ".join(selects)
     if dialect.limit_each_side:
         union = f"SELECT * FROM ({union}) AS statement"
     return f"{union} ORDER BY timestamp {order} LIMIT {p}", [*parameters, limit]
+
+
+def _statement_sides(account_filter: AccountFilter) -> list[str]:
+    return [
+        side
+        for side, flag in (
+            ("debit", AccountFilterFlags.DEBITS),
+            ("credit", AccountFilterFlags.CREDITS),
+        )
+        if account_filter.flags & flag
+    ]
+
+
+def _account_transfers_bulk_indexed(
+    dialect: Dialect, account_filter: AccountFilter, limit: int
+) -> Statement:
+    """A statement from the bulk-filled statement tables plus one scan of the unindexed tail.
+
+    Every part is ordered by timestamp, so SQLite merges them and stops at the outer LIMIT.
+    The tail's lower bound is one expression: given two, SQLite may range-scan on the filter's
+    bound and test the watermark row by row, reading the whole table.
+    """
+    p = dialect.placeholder
+    wide = dialect.wide_parameter
+    low, high = timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
+    account = dialect.encode(account_filter.account_id)
+    conditions, values = _field_conditions(dialect, account_filter, _ACCOUNT_FILTER_FIELDS, "t.")
+    sides = _statement_sides(account_filter)
+    selects: list[str] = []
+    parameters: list[Any] = []
+    for side in sides:
+        where = " AND ".join(
+            [f"s.account_id = {wide}", f"s.timestamp >= {p}", f"s.timestamp <= {p}", *conditions]
+        )
+        selects.append(
+            f"SELECT {_STATEMENT_TRANSFER_COLUMNS} FROM statement_{side}s s "
+            f"JOIN transfers t ON t.timestamp = s.timestamp WHERE {where}"
+        )
+        parameters.extend([account, low, high, *values])
+    accounts = " OR ".join(f"t.{side}_account_id = {wide}" for side in sides)
+    tail_where = " AND ".join(
+        [
+            f"t.timestamp >= max({p}, (SELECT statement_indexed_through FROM ledger_meta) + 1)",
+            f"t.timestamp <= {p}",
+            f"({accounts})",
+            *conditions,
+        ]
+    )
+    selects.append(f"SELECT {_JOINED_TRANSFER_COLUMNS} FROM transfers t WHERE {tail_where}")
+    parameters.extend([low, high, *[account] * len(sides), *values])
+    order = _order(bool(account_filter.flags & AccountFilterFlags.REVERSED))
+    return f"{' UNION ALL '.join(selects)} ORDER BY timestamp {order} LIMIT {p}", [
+        *parameters,
+        limit,
+    ]
 
 
 def account_balances(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:

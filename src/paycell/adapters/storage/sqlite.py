@@ -9,6 +9,14 @@ Encoding of unsigned 128-bit values: SQLite integers are signed 64-bit, so a val
 is stored as an INTEGER and a larger one as a 16-byte big-endian BLOB. SQLite orders every
 INTEGER before every BLOB and BLOBs by memcmp, so this encoding keeps numeric order, while the
 common case (ids and amounts that fit) stays a compact, fast integer.
+
+Account statements are indexed in bulk. An index on a transfer's accounts puts every new
+transfer on two random index pages, and at small batches those page writes were half of a
+commit's cost. Instead, `statement_debits` / `statement_credits` (account, timestamp) are filled
+once per `STATEMENT_INDEX_EVERY` transfers, in one sorted INSERT ... SELECT inside the batch
+that crosses the threshold. The transfers after `ledger_meta.statement_indexed_through` (the
+tail, at most that many) are found by scanning the transfers table, which is ordered by
+timestamp; a statement reads both parts in one SELECT, so it sees one consistent snapshot.
 """
 
 import sqlite3
@@ -25,10 +33,12 @@ from paycell.adapters.storage.ledger_queries import (
     SqlLedgerReads,
 )
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
+from paycell.core.errors import PaycellError
 from paycell.core.journal import GENESIS_HASH
 from paycell.core.types import Account, AccountBalance, PendingStatus, Transfer
 
-SCHEMA_VERSION: Final = 1
+# Version 2 replaced the two indexes on transfers' accounts with the bulk-filled statement tables.
+SCHEMA_VERSION: Final = 2
 _INT64_LIMIT: Final = 1 << 63
 # How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
@@ -37,6 +47,10 @@ _IN_CHUNK: Final = 16_384
 
 WAL_CHECKPOINT_PAGES: Final = 16_384
 WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
+# How many transfers wait in the statement tail before they are indexed together. Larger makes
+# writes cheaper (more of each index page's new entries land in one write) and statements
+# dearer (they scan the tail, about a millisecond per 10,000 transfers).
+STATEMENT_INDEX_EVERY: Final = 16_384
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
@@ -44,7 +58,9 @@ CREATE TABLE IF NOT EXISTS ledger_meta (
     schema_version INTEGER NOT NULL,
     last_timestamp INTEGER NOT NULL,
     batch_number INTEGER NOT NULL,
-    last_hash BLOB NOT NULL
+    last_hash BLOB NOT NULL,
+    statement_indexed_through INTEGER NOT NULL DEFAULT 0,
+    statement_unindexed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS accounts (
     id BLOB PRIMARY KEY,
@@ -79,10 +95,16 @@ CREATE TABLE IF NOT EXISTS transfers (
     code INTEGER NOT NULL,
     flags INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS transfers_by_debit_account
-    ON transfers (debit_account_id, timestamp);
-CREATE INDEX IF NOT EXISTS transfers_by_credit_account
-    ON transfers (credit_account_id, timestamp);
+CREATE TABLE IF NOT EXISTS statement_debits (
+    account_id BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (account_id, timestamp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS statement_credits (
+    account_id BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (account_id, timestamp)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_transfers (
     id BLOB PRIMARY KEY,
     status INTEGER NOT NULL,
@@ -122,11 +144,50 @@ CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_update BEFORE UPDATE ON t
 BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_delete BEFORE DELETE ON transfers
 BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_debits_are_append_only_update
+BEFORE UPDATE ON statement_debits
+BEGIN SELECT RAISE(ABORT, 'statement_debits is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_debits_are_append_only_delete
+BEFORE DELETE ON statement_debits
+BEGIN SELECT RAISE(ABORT, 'statement_debits is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_credits_are_append_only_update
+BEFORE UPDATE ON statement_credits
+BEGIN SELECT RAISE(ABORT, 'statement_credits is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_credits_are_append_only_delete
+BEFORE DELETE ON statement_credits
+BEGIN SELECT RAISE(ABORT, 'statement_credits is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_update BEFORE UPDATE ON journal
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_delete BEFORE DELETE ON journal
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 """
+
+# Index the tail: each side's new entries sorted by the key, so each index page that gains
+# entries is written once for all of them.
+_INDEX_STATEMENT_TAIL: Final = tuple(
+    f"INSERT INTO statement_{side}s (account_id, timestamp) "
+    f"SELECT {side}_account_id, timestamp FROM transfers WHERE timestamp > ? "
+    f"ORDER BY {side}_account_id, timestamp"
+    for side in ("debit", "credit")
+)
+
+# Version 1 databases indexed transfers' accounts directly; version 2 indexes them in bulk.
+_MIGRATE_1_TO_2: Final = (
+    "ALTER TABLE ledger_meta ADD COLUMN statement_indexed_through INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE ledger_meta ADD COLUMN statement_unindexed INTEGER NOT NULL DEFAULT 0",
+    *(statement.replace("?", "0") for statement in _INDEX_STATEMENT_TAIL),
+    "UPDATE ledger_meta SET statement_indexed_through = "
+    "(SELECT coalesce(max(timestamp), 0) FROM transfers), statement_unindexed = 0",
+    "DROP INDEX IF EXISTS transfers_by_debit_account",
+    "DROP INDEX IF EXISTS transfers_by_credit_account",
+    "UPDATE ledger_meta SET schema_version = 2",
+)
+
+
+class SchemaVersionError(PaycellError):
+    """The database was written by a newer paycell: this one does not know its layout."""
+
+    code = "schema_version_unsupported"
 
 
 def encode(value: int) -> int | bytes:
@@ -203,6 +264,7 @@ _SQLITE: Final = Dialect(
     transfer_from_row=_transfer_from_row,
     balance_from_row=_balance_from_row,
     limit_each_side=False,
+    bulk_statement_index=True,
 )
 
 
@@ -216,8 +278,9 @@ def _placeholders(count: int) -> str:
 
 
 class _SqliteWriteUnit:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, statement_index_every: int) -> None:
         self._connection = connection
+        self._statement_index_every = statement_index_every
 
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection)
@@ -364,9 +427,25 @@ class _SqliteWriteUnit:
                 entry.hash,
             ),
         )
+        unindexed = connection.execute(
+            "UPDATE ledger_meta SET last_timestamp = ?, batch_number = ?, last_hash = ?, "
+            "statement_unindexed = statement_unindexed + ? RETURNING statement_unindexed",
+            (entry.timestamp_last, entry.batch_number, entry.hash, len(batch.transfers_created)),
+        ).fetchone()[0]
+        if unindexed >= self._statement_index_every:
+            self._index_statement_tail(entry.timestamp_last)
+
+    def _index_statement_tail(self, through: int) -> None:
+        """Index every transfer after the watermark, in this batch's transaction."""
+        connection = self._connection
+        (indexed_through,) = connection.execute(
+            "SELECT statement_indexed_through FROM ledger_meta"
+        ).fetchone()
+        for statement in _INDEX_STATEMENT_TAIL:
+            connection.execute(statement, (indexed_through,))
         connection.execute(
-            "UPDATE ledger_meta SET last_timestamp = ?, batch_number = ?, last_hash = ?",
-            (entry.timestamp_last, entry.batch_number, entry.hash),
+            "UPDATE ledger_meta SET statement_indexed_through = ?, statement_unindexed = 0",
+            (through,),
         )
 
 
@@ -409,6 +488,8 @@ class SqliteStore(SqlLedgerReads):
     _dialect = _SQLITE
 
     def __init__(self, path: str | Path) -> None:
+        # Read at open, not import, so a test can make the tail tiny and index every batch.
+        self.statement_index_every: int = STATEMENT_INDEX_EVERY
         self.path = Path(path)
         self.url = str(self.path)
         self._connection = sqlite3.connect(
@@ -440,6 +521,15 @@ class SqliteStore(SqlLedgerReads):
                 "VALUES (1, ?, 0, 0, ?)",
                 (SCHEMA_VERSION, GENESIS_HASH),
             )
+            (version,) = connection.execute("SELECT schema_version FROM ledger_meta").fetchone()
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path}: ledger schema version {version} is newer than this "
+                    f"paycell's {SCHEMA_VERSION}; upgrade paycell to open it"
+                )
+            if version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    connection.execute(statement)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -450,7 +540,7 @@ class SqliteStore(SqlLedgerReads):
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            yield _SqliteWriteUnit(connection)
+            yield _SqliteWriteUnit(connection, self.statement_index_every)
         except BaseException:
             connection.execute("ROLLBACK")
             raise

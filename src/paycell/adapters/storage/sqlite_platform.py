@@ -520,4 +520,4 @@ class SqlitePlatformStore(_SqlitePlatformSql, PlatformReads, SqliteStore):
     @contextmanager
     def write(self) -> Iterator[_SqlitePlatformWriteUnit]:
         with super().write() as unit:
-            yield _SqlitePlatformWriteUnit(unit._connection)
+            yield _SqlitePlatformWriteUnit(unit._connection, self.statement_index_every)

@@ -1,0 +1,153 @@
+"""SQLite's bulk statement index: what it stores, when it fills, and the schema it migrated from.
+
+The statement contract itself (order, ranges, filters, paging) runs in tests/contract on SQLite
+with the default tail and with a short one; these tests pin the layout underneath.
+"""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from paycell import Account, AccountFilter, AccountFilterFlags, Ledger, Transfer
+from paycell.adapters.cli.main import main as cli_main
+from paycell.adapters.storage import sqlite as sqlite_storage
+from paycell.adapters.storage.sqlite import SCHEMA_VERSION, SchemaVersionError
+
+CNY = 156
+TAIL = 4
+
+
+def open_ledger_with_traffic(path: Path, transfers: int) -> Ledger:
+    """Accounts 1 and 2; transfers 1..`transfers` alternate 1->2 and 2->1, one batch each."""
+    ledger = Ledger(path)
+    assert [
+        r.value
+        for r in ledger.create_accounts(
+            [Account(id=1, ledger=CNY, code=1), Account(id=2, ledger=CNY, code=1)]
+        )
+    ] == ["ok", "ok"]
+    for n in range(1, transfers + 1):
+        debit, credit = (1, 2) if n % 2 else (2, 1)
+        transfer = Transfer(
+            id=n, debit_account_id=debit, credit_account_id=credit, amount=n, ledger=CNY, code=1
+        )
+        assert [r.value for r in ledger.create_transfers([transfer])] == ["ok"]
+    return ledger
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def statement(
+    ledger: Ledger,
+    account_id: int,
+    *,
+    limit: int = 100,
+    newest_first: bool = False,
+    timestamp_min: int = 0,
+) -> list[int]:
+    flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+    if newest_first:
+        flags |= AccountFilterFlags.REVERSED
+    found = ledger.get_account_transfers(
+        AccountFilter(account_id=account_id, limit=limit, flags=flags, timestamp_min=timestamp_min)
+    )
+    return [t.id for t in found]
+
+
+def test_the_tail_is_indexed_by_the_batch_that_fills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 10):
+        pass
+    # Batches 4 and 8 filled the tail; transfers 9 and 10 wait in it.
+    last_indexed = rows(path, "SELECT timestamp FROM transfers WHERE id = 8")[0][0]
+    assert rows(path, "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta") == [
+        (last_indexed, 2)
+    ]
+    indexed_ids = "SELECT t.id FROM {} s JOIN transfers t USING (timestamp) ORDER BY t.id"
+    assert rows(path, indexed_ids.format("statement_debits")) == [(n,) for n in range(1, 9)]
+    assert rows(path, indexed_ids.format("statement_credits")) == [(n,) for n in range(1, 9)]
+    debits_of_1 = "SELECT count(*) FROM statement_debits WHERE account_id = 1"
+    assert rows(path, debits_of_1) == [(4,)]
+
+
+def test_a_statement_pages_across_the_indexed_part_and_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    with open_ledger_with_traffic(tmp_path / "ledger.db", 10) as ledger:
+        assert statement(ledger, 1) == list(range(1, 11))
+        assert statement(ledger, 1, newest_first=True, limit=3) == [10, 9, 8]
+        # Paging oldest first, three at a time, from just after the last timestamp seen.
+        seen: list[int] = []
+        after = 0
+        while page := ledger.get_account_transfers(
+            AccountFilter(account_id=2, limit=3, timestamp_min=after)
+        ):
+            seen += [t.id for t in page]
+            after = page[-1].timestamp + 1
+        assert seen == list(range(1, 11))
+
+
+def test_a_version_1_database_is_migrated_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 6):
+        pass
+    # Put the file back into version 1's layout: account indexes on transfers, no statement
+    # tables, no watermark.
+    connection = sqlite3.connect(path, isolation_level=None)
+    for sql in (
+        "DROP TABLE statement_debits",
+        "DROP TABLE statement_credits",
+        "ALTER TABLE ledger_meta DROP COLUMN statement_indexed_through",
+        "ALTER TABLE ledger_meta DROP COLUMN statement_unindexed",
+        "CREATE INDEX transfers_by_debit_account ON transfers (debit_account_id, timestamp)",
+        "CREATE INDEX transfers_by_credit_account ON transfers (credit_account_id, timestamp)",
+        "UPDATE ledger_meta SET schema_version = 1",
+    ):
+        connection.execute(sql)
+    connection.close()
+
+    with Ledger(path) as ledger:
+        assert statement(ledger, 1) == list(range(1, 7))
+        assert ledger.verify().ok
+    assert rows(path, "SELECT schema_version, statement_unindexed FROM ledger_meta") == [
+        (SCHEMA_VERSION, 0)
+    ]
+    assert rows(path, "SELECT count(*) FROM statement_debits") == [(6,)]
+    indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'transfers_by_%'"
+    assert rows(path, indexes) == []
+
+
+def test_a_database_from_a_newer_paycell_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 1):
+        pass
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    connection.close()
+    with pytest.raises(SchemaVersionError, match="newer than this paycell"):
+        Ledger(path)
+    assert rows(path, "SELECT schema_version FROM ledger_meta") == [(SCHEMA_VERSION + 1,)]
+
+
+def test_the_cli_names_a_database_from_a_newer_paycell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 1):
+        pass
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    connection.close()
+    assert cli_main(["verify", "--database", str(path)]) == 1
+    assert "schema_version_unsupported" in capsys.readouterr().err
