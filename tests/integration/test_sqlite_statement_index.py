@@ -151,3 +151,40 @@ def test_the_cli_names_a_database_from_a_newer_paycell(
     connection.close()
     assert cli_main(["verify", "--database", str(path)]) == 1
     assert "schema_version_unsupported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tampering", "named"),
+    [
+        (
+            [
+                "DROP TRIGGER statement_debits_are_append_only_delete",
+                "DELETE FROM statement_debits WHERE timestamp = "
+                "(SELECT timestamp FROM transfers WHERE id = 2)",
+            ],
+            "statement_debits: indexes 7 of the 8 transfers",
+        ),
+        (
+            [
+                "INSERT INTO statement_credits (account_id, timestamp) "
+                "SELECT 1, timestamp FROM transfers WHERE id = 1",
+            ],
+            "statement_credits: 1 rows name no transfer",
+        ),
+    ],
+)
+def test_verify_names_a_statement_index_that_lost_or_gained_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tampering: list[str], named: str
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 10) as ledger:
+        assert ledger.verify().ok
+    connection = sqlite3.connect(path, isolation_level=None)
+    for sql in tampering:
+        connection.execute(sql)
+    connection.close()
+    with Ledger(path) as ledger:
+        report = ledger.verify()
+    assert not report.ok
+    assert any(named in discrepancy for discrepancy in report.discrepancies), report.render()

@@ -8,6 +8,9 @@ Three independent checks, each naming every discrepancy it finds:
    equal what its transfers, their pending states and expiries sum to.
 3. **Every ledger balances.** Per ledger (currency), total debits equal total credits, for
    posted and for pending amounts.
+
+Where the store keeps its own statement index (SQLite's, filled in bulk), it must also list
+every transfer on each side exactly once: statements must not lie even when balances add up.
 """
 
 from collections import defaultdict
@@ -77,6 +80,8 @@ def verify(store: LedgerStore, progress: ProgressCallback | None = None) -> Veri
     _check_chain(store, report)
     say("recomputing balances from the journal")
     _check_balances(store, report)
+    say("checking the statement index against the transfers")
+    report.discrepancies.extend(store.statement_index_discrepancies())
     return report
 
 

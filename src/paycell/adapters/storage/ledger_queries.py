@@ -355,6 +355,11 @@ class SqlLedgerReads:
         for row in self._table_rows("transfers", TRANSFER_COLUMNS, "timestamp"):
             yield self._dialect.transfer_from_row(row)
 
+    def statement_index_discrepancies(self) -> list[str]:
+        # None by default: the statement indexes are the database's own (PostgreSQL).
+        # SQLite fills its statement tables itself and overrides this.
+        return []
+
     def all_pending_states(self) -> Iterator[tuple[int, PendingState]]:
         for row in self._table_rows("pending_transfers", "id, status, expires_at", "id"):
             yield self._dialect.decode(row[0]), PendingState(row[1], row[2])

@@ -573,6 +573,38 @@ class SqliteStore(SqlLedgerReads):
         # One cursor, read as it is iterated; other statements may run on the connection meanwhile.
         return self._connection.execute(f"SELECT {columns} FROM {table} ORDER BY {key}")
 
+    def statement_index_discrepancies(self) -> list[str]:
+        """The statement tables must hold exactly one row per side of every transfer up to
+        the watermark, naming that side's account; a missing or stray row would make
+        statements lie while every balance still adds up."""
+        (watermark,) = self._connection.execute(
+            "SELECT statement_indexed_through FROM ledger_meta"
+        ).fetchone()
+        (expected,) = self._connection.execute(
+            "SELECT count(*) FROM transfers WHERE timestamp <= ?", (watermark,)
+        ).fetchone()
+        found: list[str] = []
+        for side in ("debit", "credit"):
+            # Each row must match a transfer's account on its side, at or before the
+            # watermark; the key makes rows unique, so matching rows = transfers means all.
+            (rows, matching) = self._connection.execute(
+                f"SELECT count(*), count(t.timestamp) FROM statement_{side}s s "
+                "LEFT JOIN transfers t ON t.timestamp = s.timestamp "
+                f"AND t.{side}_account_id = s.account_id AND t.timestamp <= ?",
+                (watermark,),
+            ).fetchone()
+            if rows != matching:
+                found.append(
+                    f"statement_{side}s: {rows - matching} rows name no transfer of that "
+                    "account up to the watermark"
+                )
+            if matching != expected:
+                found.append(
+                    f"statement_{side}s: indexes {matching} of the {expected} transfers up to "
+                    "the watermark"
+                )
+        return found
+
     def close(self) -> None:
         self._connection.close()
 
