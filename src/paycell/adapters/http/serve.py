@@ -8,6 +8,7 @@ connection, delivers webhooks (signed, retried on Alipay's schedule). Several se
 database are safe: every scheduled change is its own command and applies once.
 """
 
+import gc
 import logging
 import signal
 import threading
@@ -79,6 +80,17 @@ def _drain(
             pass
 
     return step
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything startup built (modules, the app, the platform) out of the cyclic
+    collector's reach: it lives as long as the server, yet every full collection walked it
+    again, tens of milliseconds each with the GIL held, stalling the event loop and the group
+    worker alike. Single payments ran about a fifth faster with it frozen
+    (docs/performance.md). Reference counting still frees what requests allocate; only cycle
+    detection skips these objects."""
+    gc.collect()
+    gc.freeze()
 
 
 def _interrupt(signal_number: int, _frame: FrameType | None) -> None:
@@ -169,6 +181,7 @@ def serve(
     jobs.start()
     webhooks.start()
     notifications.start()
+    _freeze_startup_heap()
     # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again; both
     # end here as a clean exit (status 0) after the background thread and database close.
     previous = signal.signal(signal.SIGTERM, _interrupt)
