@@ -128,13 +128,18 @@ def test_a_version_1_database_is_migrated_when_opened(tmp_path: Path) -> None:
     assert rows(path, indexes) == []
 
 
-def test_a_database_from_a_newer_paycell_is_refused_unchanged(tmp_path: Path) -> None:
+def database_from_a_newer_paycell(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     with open_ledger_with_traffic(path, 1):
         pass
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION + 1,))
     connection.close()
+    return path
+
+
+def test_a_database_from_a_newer_paycell_is_refused_unchanged(tmp_path: Path) -> None:
+    path = database_from_a_newer_paycell(tmp_path)
     with pytest.raises(SchemaVersionError, match="newer than this paycell"):
         Ledger(path)
     assert rows(path, "SELECT schema_version FROM ledger_meta") == [(SCHEMA_VERSION + 1,)]
@@ -143,12 +148,7 @@ def test_a_database_from_a_newer_paycell_is_refused_unchanged(tmp_path: Path) ->
 def test_the_cli_names_a_database_from_a_newer_paycell(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "ledger.db"
-    with open_ledger_with_traffic(path, 1):
-        pass
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION + 1,))
-    connection.close()
+    path = database_from_a_newer_paycell(tmp_path)
     assert cli_main(["verify", "--database", str(path)]) == 1
     assert "schema_version_unsupported" in capsys.readouterr().err
 

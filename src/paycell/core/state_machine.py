@@ -441,9 +441,9 @@ def create_transfers(
             credit_account_id,
             amount,
             pending_id,
-            user_data_128,
-            user_data_64,
-            user_data_32,
+            _user_data_128,
+            _user_data_64,
+            _user_data_32,
             timeout,
             ledger,
             code,
@@ -527,24 +527,8 @@ def create_transfers(
                     ):
                         dr[_DPO] = debits_posted
                         cr[_CPO] = credits_posted
-                        stored = _new_tuple(
-                            Transfer,
-                            (
-                                transfer_id,
-                                debit_account_id,
-                                credit_account_id,
-                                amount,
-                                pending_id,
-                                user_data_128,
-                                user_data_64,
-                                user_data_32,
-                                timeout,
-                                ledger,
-                                code,
-                                flags,
-                                timestamp,
-                            ),
-                        )
+                        # As sent, with the ledger's timestamp (the last field).
+                        stored = _new_tuple(Transfer, (*event[:12], timestamp))
                         created.append(stored)
                         created_by_id[transfer_id] = stored
                         if dr_flags & _HISTORY:
