@@ -20,6 +20,7 @@ import pytest
 from paycell import Account
 from paycell.adapters.storage.factory import open_store
 from paycell.adapters.storage.platform_factory import open_platform_store
+from paycell.adapters.storage.sqlite_platform import idempotency_records_query
 from paycell.core import state_machine
 from paycell.core.payments.outcomes import Decision
 from paycell.core.payments.records import (
@@ -622,6 +623,20 @@ def test_api_keys_and_idempotency_records(store: PlatformStore) -> None:
         assert unit.idempotency_record(USER, 1, record.key) == of_user
         assert unit.idempotency_record(USER, 2, record.key) is None
         assert unit.idempotency_record(MERCHANT, 1, "other") is None
+        # A group's lookup: many keys at once, hits and misses, a key asked twice.
+        wanted = [
+            (MERCHANT, 1, record.key),
+            (USER, 2, record.key),
+            (USER, 1, record.key),
+            (MERCHANT, 2, record.key),
+            (MERCHANT, 1, record.key),
+            (MERCHANT, 1, "other"),
+        ]
+        assert unit.idempotency_records(wanted) == {
+            (MERCHANT, 1, record.key): record,
+            (USER, 1, record.key): of_user,
+            (MERCHANT, 2, record.key): of_merchant_2,
+        }
 
 
 # ------------------------------------------------------------------------------- due rows
@@ -836,6 +851,7 @@ def test_sequences_count_from_one_per_name_and_never_repeat(
 NEXT_IDS_SCRIPT = """
 import json, sys
 from paycell.adapters.storage.platform_factory import open_platform_store
+from paycell.adapters.storage.sqlite_platform import idempotency_records_query
 store = open_platform_store(sys.argv[1])
 taken = []
 for _ in range(int(sys.argv[2])):
@@ -922,3 +938,22 @@ def test_platform_and_ledger_writes_commit_together_and_become_visible_at_once(
     assert store.meta().batch_number == 2
     assert set(store.lookup_accounts([7, 8])) == {7, 8}
     assert store.user(1) == a_user(1)
+
+
+def test_a_group_finds_its_idempotency_records_by_key_not_by_scanning(tmp_path: Any) -> None:
+    # SQLite scans a whole table for a row-value IN list; a payment's cost then grew with
+    # every record kept. The lookup must seek the key's index once per key wanted.
+    store = open_platform_store(str(tmp_path / "platform.db"))
+    store.close()
+    connection = sqlite3.connect(tmp_path / "platform.db")
+    parameters = ["merchant", 1, "a", "user", 2, "b"]
+    plan = [
+        row[3]
+        for row in connection.execute(
+            "EXPLAIN QUERY PLAN " + idempotency_records_query(2), parameters
+        )
+    ]
+    connection.close()
+    key_seek = "(party_kind=? AND party_id=? AND key=?)"
+    assert any(step.startswith("SEARCH r USING") and key_seek in step for step in plan), plan
+    assert not any("SCAN r" in step or "SCAN idempotency_records" in step for step in plan), plan

@@ -191,6 +191,22 @@ def _chunks(values: Sequence[R], size: int) -> Iterator[Sequence[R]]:
         yield values[start : start + size]
 
 
+def idempotency_records_query(count: int) -> str:
+    """The idempotency records for `count` (party kind, party id, key) parameter triples.
+
+    A join with the wanted keys, not `(party_kind, party_id, key) IN (VALUES ...)`: SQLite
+    answers a row-value IN list by scanning the whole table, which made every payment with an
+    Idempotency-Key dearer as records piled up (CPU per payment doubled by 60,000). Both
+    databases name the columns of a VALUES list column1, column2, column3.
+    """
+    columns = ", ".join(f"r.{column}" for column in IDEMPOTENCY_RECORDS.columns)
+    return (
+        f"SELECT {columns} FROM (VALUES {_placeholders(count, 3)}) AS wanted "
+        "JOIN idempotency_records r ON r.party_kind = wanted.column1 "
+        "AND r.party_id = wanted.column2 AND r.key = wanted.column3"
+    )
+
+
 def _placeholders(count: int, width: int = 1) -> str:
     """`?, ?, ?` for a list of `count` values, or `(?, ?), (?, ?)` for `count` row values of
     `width` columns each."""
@@ -271,8 +287,7 @@ class PlatformReads:
         found: dict[IdempotencyKey, IdempotencyRecord] = {}
         for chunk in _chunks(distinct, IN_PARAMETERS_MAX // 3):
             rows = self._fetch(
-                f"{IDEMPOTENCY_RECORDS.select} WHERE (party_kind, party_id, key) "
-                f"IN (VALUES {_placeholders(len(chunk), 3)})",
+                idempotency_records_query(len(chunk)),
                 [value for kind, party, key in chunk for value in (kind.value, party, key)],
             )
             for row in rows:
