@@ -70,19 +70,23 @@ class RawDatabase:
 # A statement tail this short is indexed every few batches, so statements read from the
 # statement tables and the tail scan together; the default leaves small tests in the tail.
 SHORT_STATEMENT_TAIL = 3
+# Likewise, an account log this short is written back every batch or two, so accounts are read
+# both from `accounts` and from the log; the default leaves small tests' changes in the log.
+SHORT_ACCOUNT_LOG = 4
 
 
 @pytest.fixture(
     params=[
         "sqlite",
-        "sqlite-short-statement-tail",
+        "sqlite-short-tails",
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh, empty ledger database on each backend in turn, SQLite in two shapes."""
-    if request.param == "sqlite-short-statement-tail":
+    if request.param == "sqlite-short-tails":
         monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", SHORT_STATEMENT_TAIL)
+        monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", SHORT_ACCOUNT_LOG)
     if request.param.startswith("sqlite"):
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("postgres_url"))

@@ -11,6 +11,7 @@ import random
 import sys
 
 from paycell import Account, AccountFlags, Ledger, Transfer
+from paycell.adapters.storage import sqlite as sqlite_storage
 
 LEDGER = 156
 CODE = 1
@@ -19,6 +20,10 @@ HOT_ACCOUNT = 100
 SOURCE_ACCOUNT = 1_000
 OPENING_BALANCE = 20_000
 AMOUNT_MAX = 500
+# On SQLite, write the account log back every few batches, so each process keeps finding that
+# another one wrote it back, and index statements as often.
+ACCOUNT_CHANGES_MERGE_EVERY = 40
+STATEMENT_INDEX_EVERY = 60
 
 
 def accounts() -> list[Account]:
@@ -67,6 +72,8 @@ def batch_transfers(worker: int, batch: int) -> list[Transfer]:
 
 
 def main(url: str, worker: int, batches: int, peer: int) -> int:
+    sqlite_storage.STATEMENT_INDEX_EVERY = STATEMENT_INDEX_EVERY
+    sqlite_storage.ACCOUNT_CHANGES_MERGE_EVERY = ACCOUNT_CHANGES_MERGE_EVERY
     rng = random.Random(worker)
 
     def submit(owner: int, batch: int) -> None:

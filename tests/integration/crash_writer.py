@@ -10,12 +10,17 @@ import random
 import sys
 
 from paycell import Account, CreateTransferResult, Ledger, Transfer, TransferFlags
+from paycell.adapters.storage import sqlite as sqlite_storage
 
 ACCOUNTS = 50
 LEDGER = 156
 CODE = 1
 BATCH_SIZE_MAX = 200
 IDS_PER_BATCH = 1_000
+# On SQLite, index statements and write the account log back every few batches rather than
+# every few thousand, so kills land before, during and after both.
+STATEMENT_INDEX_EVERY = 250
+ACCOUNT_CHANGES_MERGE_EVERY = 300
 
 
 def accounts() -> list[Account]:
@@ -56,6 +61,8 @@ def batch_transfers(batch_number: int) -> list[Transfer]:
 
 
 def main(url: str, first_batch: int) -> int:
+    sqlite_storage.STATEMENT_INDEX_EVERY = STATEMENT_INDEX_EVERY
+    sqlite_storage.ACCOUNT_CHANGES_MERGE_EVERY = ACCOUNT_CHANGES_MERGE_EVERY
     with Ledger(url) as ledger:
         print("READY", flush=True)
         batch_number = first_batch

@@ -337,6 +337,7 @@ def test_verify_passes_then_fails_on_a_tampered_database(
     connection = sqlite3.connect(sqlite_url)
     with connection:
         connection.execute("UPDATE accounts SET debits_posted = 6 WHERE id = 2")
+        connection.execute("UPDATE account_changes SET debits_posted = 6 WHERE id = 2")
     connection.close()
     code, out, _ = run(capsys, "--database", sqlite_url, "verify")
     assert code == 1

@@ -163,7 +163,8 @@ def test_a_hot_account_is_updated_once_per_group(tmp_path: Path) -> None:
     updates: list[str] = []
 
     def count_account_updates(statement: str) -> None:
-        if statement.startswith("UPDATE accounts"):
+        # SQLite logs an account's new state (sqlite_account_log.py) rather than updating it.
+        if statement.startswith("INSERT INTO account_changes"):
             updates.append(statement)
 
     store._connection.set_trace_callback(count_account_updates)
@@ -171,7 +172,7 @@ def test_a_hot_account_is_updated_once_per_group(tmp_path: Path) -> None:
     store._connection.set_trace_callback(None)
 
     # Four commands move money between three accounts, HOT credited in three of them; the
-    # group updates each touched account's row once: BUYER, SHOP and HOT.
+    # group logs each touched account's new state once: BUYER, SHOP and HOT.
     assert len(committed) == 1
     assert set(committed[0].accounts_updated) == {BUYER, SHOP, HOT}
     assert len(updates) == 3

@@ -46,6 +46,9 @@ AF = AccountFlags
 AFF = AccountFilterFlags
 # SQLite indexes statements in bulk; a short tail makes runs cross that boundary often.
 SHORT_STATEMENT_TAIL = 5
+# SQLite logs account changes and writes them back in bulk; a short log makes runs write back
+# often, so accounts are read from both places.
+SHORT_ACCOUNT_LOG = 6
 
 START_NS = 1_700_000_000 * NS
 ACCOUNT_IDS = list(range(1, 11))
@@ -448,6 +451,7 @@ def test_ledger_matches_reference_model_on_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", SHORT_STATEMENT_TAIL)
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", SHORT_ACCOUNT_LOG)
     numbers = itertools.count()
 
     def new_database_url() -> str:

@@ -98,14 +98,22 @@ def test_a_statement_pages_across_the_indexed_part_and_the_tail(
         assert seen == list(range(1, 11))
 
 
-def test_a_version_1_database_is_migrated_when_opened(tmp_path: Path) -> None:
+def test_a_version_1_database_is_migrated_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "ledger.db"
+    # Every batch writes its account changes back, so `accounts` is current and the log empty.
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", 1)
     with open_ledger_with_traffic(path, 6):
         pass
+    monkeypatch.undo()
     # Put the file back into version 1's layout: account indexes on transfers, no statement
-    # tables, no watermark.
+    # tables, no watermark, no account log.
     connection = sqlite3.connect(path, isolation_level=None)
+    assert connection.execute("SELECT count(*) FROM account_changes").fetchone() == (0,)
     for sql in (
+        "DROP TABLE account_changes",
+        "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",
         "DROP TABLE statement_debits",
         "DROP TABLE statement_credits",
         "ALTER TABLE ledger_meta DROP COLUMN statement_indexed_through",
@@ -119,6 +127,8 @@ def test_a_version_1_database_is_migrated_when_opened(tmp_path: Path) -> None:
 
     with Ledger(path) as ledger:
         assert statement(ledger, 1) == list(range(1, 7))
+        # Transfers 1, 3, 5 went 1 -> 2; 2, 4, 6 came back.
+        assert ledger.lookup_accounts([1])[0].debits_posted == 9
         assert ledger.verify().ok
     assert rows(path, "SELECT schema_version, statement_unindexed FROM ledger_meta") == [
         (SCHEMA_VERSION, 0)

@@ -95,9 +95,9 @@ class LedgerStore(Protocol):
 
     def all_pending_states(self) -> Iterator[tuple[int, PendingState]]: ...
 
-    def statement_index_discrepancies(self) -> list[str]:
-        """Where the store's own statement index disagrees with its transfers (none when the
-        database maintains that index itself)."""
+    def storage_discrepancies(self) -> list[str]:
+        """Where what the store derives itself (SQLite's statement index and account change
+        log) disagrees with its records; none when the database maintains it (PostgreSQL)."""
         ...
 
     def close(self) -> None: ...

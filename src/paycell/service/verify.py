@@ -80,8 +80,8 @@ def verify(store: LedgerStore, progress: ProgressCallback | None = None) -> Veri
     _check_chain(store, report)
     say("recomputing balances from the journal")
     _check_balances(store, report)
-    say("checking the statement index against the transfers")
-    report.discrepancies.extend(store.statement_index_discrepancies())
+    say("checking the store's own indexes and logs against its records")
+    report.discrepancies.extend(store.storage_discrepancies())
     return report
 
 

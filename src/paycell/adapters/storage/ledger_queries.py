@@ -355,9 +355,10 @@ class SqlLedgerReads:
         for row in self._table_rows("transfers", TRANSFER_COLUMNS, "timestamp"):
             yield self._dialect.transfer_from_row(row)
 
-    def statement_index_discrepancies(self) -> list[str]:
-        # None by default: the statement indexes are the database's own (PostgreSQL).
-        # SQLite fills its statement tables itself and overrides this.
+    def storage_discrepancies(self) -> list[str]:
+        # None by default: PostgreSQL's indexes are the database's own and its balances are
+        # updated in place. SQLite fills its statement tables and account log itself and
+        # overrides this.
         return []
 
     def all_pending_states(self) -> Iterator[tuple[int, PendingState]]:

@@ -31,14 +31,20 @@ from paycell.adapters.storage.ledger_queries import (
     TRANSFER_COLUMNS,
     Dialect,
     SqlLedgerReads,
+    query,
+)
+from paycell.adapters.storage.sqlite_account_log import (
+    ACCOUNT_CHANGES_MERGE_EVERY,
+    AccountChangeLog,
 )
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.errors import PaycellError
 from paycell.core.journal import GENESIS_HASH
-from paycell.core.types import Account, AccountBalance, PendingStatus, Transfer
+from paycell.core.types import Account, AccountBalance, PendingStatus, QueryFilter, Transfer
 
-# Version 2 replaced the two indexes on transfers' accounts with the bulk-filled statement tables.
-SCHEMA_VERSION: Final = 2
+# Version 2 replaced the two indexes on transfers' accounts with the bulk-filled statement tables;
+# version 3 added the account change log (sqlite_account_log.py).
+SCHEMA_VERSION: Final = 3
 _INT64_LIMIT: Final = 1 << 63
 # How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
@@ -60,7 +66,8 @@ CREATE TABLE IF NOT EXISTS ledger_meta (
     batch_number INTEGER NOT NULL,
     last_hash BLOB NOT NULL,
     statement_indexed_through INTEGER NOT NULL DEFAULT 0,
-    statement_unindexed INTEGER NOT NULL DEFAULT 0
+    statement_unindexed INTEGER NOT NULL DEFAULT 0,
+    account_log_generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS accounts (
     id BLOB PRIMARY KEY,
@@ -78,6 +85,22 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_flags INTEGER NOT NULL,
     timestamp INTEGER NOT NULL UNIQUE
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_changes (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    debits_pending BLOB NOT NULL,
+    debits_posted BLOB NOT NULL,
+    credits_pending BLOB NOT NULL,
+    credits_posted BLOB NOT NULL,
+    user_data_128 BLOB NOT NULL,
+    user_data_64 BLOB NOT NULL,
+    user_data_32 INTEGER NOT NULL,
+    reserved INTEGER NOT NULL,
+    ledger INTEGER NOT NULL,
+    code INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS accounts_by_user_data_128 ON accounts (user_data_128, timestamp);
 CREATE INDEX IF NOT EXISTS accounts_by_ledger_code ON accounts (ledger, code, timestamp);
 CREATE TABLE IF NOT EXISTS transfers (
@@ -183,6 +206,12 @@ _MIGRATE_1_TO_2: Final = (
     "UPDATE ledger_meta SET schema_version = 2",
 )
 
+# Version 3 logs account changes; the table itself is in the schema above.
+_MIGRATE_2_TO_3: Final = (
+    "ALTER TABLE ledger_meta ADD COLUMN account_log_generation INTEGER NOT NULL DEFAULT 0",
+    "UPDATE ledger_meta SET schema_version = 3",
+)
+
 
 class SchemaVersionError(PaycellError):
     """The database was written by a newer paycell: this one does not know its layout."""
@@ -193,6 +222,29 @@ class SchemaVersionError(PaycellError):
 def encode(value: int) -> int | bytes:
     """An unsigned 128-bit integer as stored: INTEGER when it fits, else a 16-byte BLOB."""
     return value if value < _INT64_LIMIT else value.to_bytes(16, "big")
+
+
+def _encode_account(a: Account) -> tuple[int | bytes, ...]:
+    return (
+        encode(a[0]),
+        encode(a[1]),
+        encode(a[2]),
+        encode(a[3]),
+        encode(a[4]),
+        encode(a[5]),
+        encode(a[6]),
+        *a[7:],
+    )
+
+
+def _account_as_stored(a: Account) -> tuple[int | bytes, ...]:
+    # An Account's field order is the column order, so one whose 128-bit fields all fit in an
+    # INTEGER (the common case) is bound as it is, unconverted. As a plain tuple: sqlite3
+    # binds an exact tuple by index and any other sequence item by item, which measured twice
+    # as slow for a 13-column row.
+    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6]) < _INT64_LIMIT:
+        return tuple(a)
+    return _encode_account(a)
 
 
 def _encode_transfer(t: Transfer) -> tuple[int | bytes, ...]:
@@ -289,15 +341,24 @@ def _placeholders(count: int) -> str:
 
 
 class _SqliteWriteUnit:
-    def __init__(self, connection: sqlite3.Connection, statement_index_every: int) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        statement_index_every: int,
+        account_log: AccountChangeLog,
+    ) -> None:
         self._connection = connection
         self._statement_index_every = statement_index_every
+        self._account_log = account_log
 
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection)
 
     def accounts_by_id(self, ids: Collection[int]) -> dict[int, Account]:
-        return _accounts_by_id(self._connection, ids)
+        found, missing = self._account_log.split(ids)
+        if missing:
+            found.update(_accounts_by_id(self._connection, missing))
+        return found
 
     def transfers_by_id(self, ids: Collection[int]) -> dict[int, Transfer]:
         return _transfers_by_id(self._connection, ids)
@@ -334,54 +395,24 @@ class _SqliteWriteUnit:
             connection.executemany(
                 f"INSERT INTO accounts ({ACCOUNT_COLUMNS}, created_flags) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        encode(a.id),
-                        encode(a.debits_pending),
-                        encode(a.debits_posted),
-                        encode(a.credits_pending),
-                        encode(a.credits_posted),
-                        encode(a.user_data_128),
-                        encode(a.user_data_64),
-                        a.user_data_32,
-                        a.reserved,
-                        a.ledger,
-                        a.code,
-                        a.flags,
-                        a.timestamp,
-                        a.flags,
-                    )
-                    for a in batch.accounts_created
-                ],
+                [(*_encode_account(a), a.flags) for a in batch.accounts_created],
             )
         if batch.transfers_created:
             # A Transfer's field order is the column order, so a record whose 128-bit fields
-            # all fit in an INTEGER (the common case) is bound as it is, unconverted.
+            # all fit in an INTEGER (the common case) is bound as it is, unconverted, as a
+            # plain tuple (see `_account_as_stored`).
             connection.executemany(
                 f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
-                    t
+                    tuple(t)
                     if (t[0] | t[1] | t[2] | t[3] | t[4] | t[5] | t[6]) < _INT64_LIMIT
                     else _encode_transfer(t)
                     for t in batch.transfers_created
                 ],
             )
         if batch.accounts_updated:
-            connection.executemany(
-                "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
-                "credits_posted = ?, flags = ? WHERE id = ?",
-                [
-                    (
-                        encode(a.debits_pending),
-                        encode(a.debits_posted),
-                        encode(a.credits_pending),
-                        encode(a.credits_posted),
-                        a.flags,
-                        encode(a.id),
-                    )
-                    for a in batch.accounts_updated.values()
-                ],
-            )
+            # Logged, not updated in place: see sqlite_account_log.py.
+            self._account_log.append(connection, batch.accounts_updated.values())
         if batch.pending_created:
             connection.executemany(
                 "INSERT INTO pending_transfers (id, status, expires_at) VALUES (?,?,?)",
@@ -501,6 +532,9 @@ class SqliteStore(SqlLedgerReads):
     def __init__(self, path: str | Path) -> None:
         # Read at open, not import, so a test can make the tail tiny and index every batch.
         self.statement_index_every: int = STATEMENT_INDEX_EVERY
+        self.account_log = AccountChangeLog(
+            ACCOUNT_CHANGES_MERGE_EVERY, _account_as_stored, _account_from_row
+        )
         self.path = Path(path)
         self.url = str(self.path)
         self._connection = sqlite3.connect(
@@ -541,27 +575,80 @@ class SqliteStore(SqlLedgerReads):
             if version == 1:
                 for statement in _MIGRATE_1_TO_2:
                     connection.execute(statement)
+            if version <= 2:
+                for statement in _MIGRATE_2_TO_3:
+                    connection.execute(statement)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
 
+    _write_unit_type: type[_SqliteWriteUnit] = _SqliteWriteUnit
+
     @contextmanager
     def write(self) -> Iterator[_SqliteWriteUnit]:
         connection = self._connection
+        account_log = self.account_log
         connection.execute("BEGIN IMMEDIATE")
         try:
-            yield _SqliteWriteUnit(connection, self.statement_index_every)
+            account_log.synchronize(connection)
+            yield self._write_unit_type(connection, self.statement_index_every, account_log)
         except BaseException:
             connection.execute("ROLLBACK")
+            account_log.forget()
             raise
-        connection.execute("COMMIT")
+        try:
+            connection.execute("COMMIT")
+        except BaseException:
+            # A commit that failed may or may not have ended the transaction; either way the
+            # log's memory cannot tell what the database now holds.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            account_log.forget()
+            raise
+
+    @contextmanager
+    def _account_snapshot(self) -> Iterator[AccountChangeLog]:
+        """Accounts read from `accounts` and the log's memory must come from one snapshot:
+        another process may write the log back in between."""
+        connection = self._connection
+        if connection.in_transaction:
+            self.account_log.synchronize(connection)
+            yield self.account_log
+            return
+        connection.execute("BEGIN")
+        try:
+            self.account_log.synchronize(connection)
+            yield self.account_log
+        finally:
+            connection.execute("COMMIT")
 
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection)
 
     def lookup_accounts(self, ids: Collection[int]) -> dict[int, Account]:
-        return _accounts_by_id(self._connection, ids)
+        with self._account_snapshot() as account_log:
+            found, missing = account_log.split(ids)
+            if missing:
+                found.update(_accounts_by_id(self._connection, missing))
+            return found
+
+    def query_accounts(self, query_filter: QueryFilter, limit: int) -> list[Account]:
+        statement = query(_SQLITE, "accounts", ACCOUNT_COLUMNS, query_filter, limit)
+        with self._account_snapshot() as account_log:
+            rows = self._connection.execute(*statement).fetchall()
+            return [account_log.patch(_account_from_row(row)) for row in rows]
+
+    def all_accounts(self) -> Iterator[Account]:
+        # For `paycell verify`: what the database holds, not what this process remembers.
+        self.account_log.forget()
+        with self._account_snapshot() as account_log:
+            for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "timestamp"):
+                yield account_log.patch(_account_from_row(row))
+
+    def _account_log_discrepancies(self) -> list[str]:
+        with self._account_snapshot() as account_log:
+            return account_log.discrepancies(self._connection)
 
     def lookup_transfers(self, ids: Collection[int]) -> dict[int, Transfer]:
         return _transfers_by_id(self._connection, ids)
@@ -573,7 +660,10 @@ class SqliteStore(SqlLedgerReads):
         # One cursor, read as it is iterated; other statements may run on the connection meanwhile.
         return self._connection.execute(f"SELECT {columns} FROM {table} ORDER BY {key}")
 
-    def statement_index_discrepancies(self) -> list[str]:
+    def storage_discrepancies(self) -> list[str]:
+        return self._statement_index_discrepancies() + self._account_log_discrepancies()
+
+    def _statement_index_discrepancies(self) -> list[str]:
         """The statement tables must hold exactly one row per side of every transfer up to
         the watermark, naming that side's account; a missing or stray row would make
         statements lie while every balance still adds up."""

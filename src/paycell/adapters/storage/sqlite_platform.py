@@ -532,7 +532,10 @@ class SqlitePlatformStore(_SqlitePlatformSql, PlatformReads, SqliteStore):
             connection.execute("ROLLBACK")
             raise
 
+    _write_unit_type = _SqlitePlatformWriteUnit
+
     @contextmanager
     def write(self) -> Iterator[_SqlitePlatformWriteUnit]:
         with super().write() as unit:
-            yield _SqlitePlatformWriteUnit(unit._connection, self.statement_index_every)
+            assert isinstance(unit, _SqlitePlatformWriteUnit)
+            yield unit

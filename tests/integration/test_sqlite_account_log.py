@@ -1,0 +1,236 @@
+"""SQLite's account change log: what it stores, when it is written back, and who sees what.
+
+The ledger contract (balances after every kind of transfer) runs in tests/contract on SQLite
+with the default log and with one written back every few rows, and the property test compares
+every balance with its model; these tests pin the layout underneath and the cases a single
+process does not reach: other processes writing, a batch that rolls back, an old file.
+"""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from paycell import Account, AccountFlags, Ledger, Transfer
+from paycell.adapters.storage import sqlite as sqlite_storage
+from paycell.adapters.storage import sqlite_account_log
+from paycell.adapters.storage.sqlite import SCHEMA_VERSION
+from paycell.adapters.storage.sqlite_account_log import AccountChangeLog
+
+CNY = 156
+LOG = 5
+
+
+def transfer(transfer_id: int, debit: int, credit: int, amount: int) -> Transfer:
+    return Transfer(
+        id=transfer_id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        ledger=CNY,
+        code=1,
+    )
+
+
+def open_accounts(path: Path, *ids: int) -> Ledger:
+    ledger = Ledger(path)
+    results = ledger.create_accounts([Account(id=i, ledger=CNY, code=1) for i in ids])
+    assert [r.value for r in results] == ["ok"] * len(ids)
+    return ledger
+
+
+def pay(ledger: Ledger, transfer_id: int, debit: int, credit: int, amount: int) -> None:
+    results = ledger.create_transfers([transfer(transfer_id, debit, credit, amount)])
+    assert [r.value for r in results] == ["ok"]
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def posted(ledger: Ledger, account_id: int) -> tuple[int, int]:
+    (account,) = ledger.lookup_accounts([account_id])
+    return account.debits_posted, account.credits_posted
+
+
+def test_changes_are_logged_until_the_log_fills_then_written_back_in_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", LOG)
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        pay(ledger, 2, 1, 2, 20)
+        # Two batches, two accounts each: four rows logged, `accounts` still as created.
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(4,)]
+        assert rows(path, "SELECT debits_posted FROM accounts WHERE id = 1") == [(0,)]
+        assert posted(ledger, 1) == (30, 0)
+        assert posted(ledger, 2) == (0, 30)
+
+        pay(ledger, 3, 2, 1, 5)  # The sixth row crosses the threshold of five.
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert rows(path, "SELECT debits_posted, credits_posted FROM accounts ORDER BY id") == [
+            (30, 5),
+            (5, 30),
+        ]
+        assert rows(path, "SELECT account_log_generation FROM ledger_meta") == [(1,)]
+        assert posted(ledger, 1) == (30, 5)
+
+        pay(ledger, 4, 1, 2, 1)  # The next generation of the log starts over at row 1.
+        assert rows(path, "SELECT seq, id FROM account_changes ORDER BY seq") == [(1, 1), (2, 2)]
+        assert posted(ledger, 2) == (5, 31)
+        assert ledger.verify().ok
+
+
+def test_other_processes_see_each_others_logged_and_written_back_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", LOG)
+    path = tmp_path / "ledger.db"
+    # Two stores on one file stand for two processes: each has its own connection and memory.
+    with open_accounts(path, 1, 2) as first, Ledger(path) as second:
+        pay(first, 1, 1, 2, 10)
+        assert posted(second, 1) == (10, 0)
+        pay(second, 2, 1, 2, 20)  # Decided on the first's logged balance, not on `accounts`.
+        assert posted(first, 1) == (30, 0)
+        pay(first, 3, 2, 1, 1)  # Crosses the threshold: the first writes the log back.
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        # The second remembers rows that are gone now; it must notice the write-back.
+        assert posted(second, 1) == (30, 1)
+        pay(second, 4, 1, 2, 2)
+        assert posted(first, 2) == (1, 32)
+        assert posted(second, 2) == (1, 32)
+        assert first.verify().ok
+
+
+def test_a_balance_limit_holds_against_a_balance_another_process_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", LOG)
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as first, Ledger(path) as second:
+        limited = Account(
+            id=1, ledger=CNY, code=1, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+        )
+        assert [
+            r.value for r in first.create_accounts([limited, Account(id=2, ledger=CNY, code=1)])
+        ] == ["ok", "ok"]
+        pay(first, 1, 2, 1, 50)  # Account 1 now holds 50, in the first's log.
+        pay(second, 2, 1, 2, 50)  # The second spends all of it...
+        results = first.create_transfers([transfer(3, 1, 2, 1)])  # ...so the first cannot.
+        assert [r.value for r in results] == ["exceeds_credits"]
+
+
+def test_a_rolled_back_batch_leaves_neither_rows_nor_memory_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", LOG)
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2, 3) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        pay(ledger, 2, 1, 2, 10)
+
+        def write_back_fails(*_: object) -> None:
+            raise OSError("disk full")
+
+        # The third batch logs its accounts (memory included), then fails writing the log
+        # back: all of it must roll back.
+        with monkeypatch.context() as patch:
+            patch.setattr(AccountChangeLog, "_write_back", write_back_fails)
+            with pytest.raises(OSError, match="disk full"):
+                ledger.create_transfers([transfer(3, 1, 2, 1000)])
+
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(4,)]
+        assert ledger.lookup_transfers([3]) == []
+        # The next batch leaves account 1 alone and writes the log back: nothing of the
+        # failed batch may resurface, in memory or in `accounts`.
+        pay(ledger, 3, 2, 3, 1)
+        assert posted(ledger, 1) == (20, 0)
+        assert posted(ledger, 2) == (1, 20)
+        pay(ledger, 4, 1, 3, 1)
+        assert posted(ledger, 1) == (21, 0)
+        assert ledger.verify().ok
+
+
+def test_the_write_back_seeks_each_account_by_its_key(tmp_path: Path) -> None:
+    # With millions of accounts, a write-back that scanned `accounts` would stall every batch
+    # that crosses the threshold.
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1):
+        pass
+    connection = sqlite3.connect(path)
+    plan = " | ".join(
+        str(row[3])
+        for row in connection.execute(
+            "EXPLAIN QUERY PLAN " + sqlite_account_log._WRITE_BACK, [0] * 13
+        )
+    )
+    connection.close()
+    assert "SEARCH accounts USING PRIMARY KEY (id=?)" in plan
+    assert "SCAN accounts" not in plan
+
+
+def test_a_version_2_database_is_migrated_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.db"
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", 1)
+    with open_accounts(path, 1, 2) as ledger:
+        pay(ledger, 1, 1, 2, 7)
+    monkeypatch.undo()
+    # Version 2's layout: balances updated in place, no log, no write-back mark.
+    connection = sqlite3.connect(path, isolation_level=None)
+    for sql in (
+        "DROP TABLE account_changes",
+        "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",
+        "UPDATE ledger_meta SET schema_version = 2",
+    ):
+        connection.execute(sql)
+    connection.close()
+
+    with Ledger(path) as ledger:
+        assert posted(ledger, 1) == (7, 0)
+        pay(ledger, 2, 2, 1, 3)
+        assert posted(ledger, 1) == (7, 3)
+        assert ledger.verify().ok
+    assert rows(path, "SELECT schema_version, account_log_generation FROM ledger_meta") == [
+        (SCHEMA_VERSION, 0)
+    ]
+    assert rows(path, "SELECT count(*) FROM account_changes") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("tampering", "named"),
+    [
+        (
+            "UPDATE account_changes SET credits_posted = 999 WHERE id = 2",
+            "account 2: stored balances",
+        ),
+        (
+            "INSERT INTO account_changes SELECT NULL, 77, 0, 0, 0, 0, 0, 0, 0, 0, 156, 1, 0, 1 "
+            "FROM ledger_meta",
+            "account_changes: 1 rows name no account",
+        ),
+        (
+            "UPDATE account_changes SET code = 9 WHERE id = 1",
+            "account_changes: 2 rows change an account's fixed fields",
+        ),
+    ],
+)
+def test_verify_names_a_tampered_account_log(tmp_path: Path, tampering: str, named: str) -> None:
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        pay(ledger, 2, 2, 1, 4)
+        assert ledger.verify().ok
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute(tampering)
+        connection.close()
+        # The same process: verify reads the database, not what the process remembers.
+        report = ledger.verify()
+    assert not report.ok
+    assert any(named in discrepancy for discrepancy in report.discrepancies), report.render()
