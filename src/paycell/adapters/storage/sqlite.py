@@ -92,14 +92,7 @@ CREATE TABLE IF NOT EXISTS account_changes (
     debits_posted BLOB NOT NULL,
     credits_pending BLOB NOT NULL,
     credits_posted BLOB NOT NULL,
-    user_data_128 BLOB NOT NULL,
-    user_data_64 BLOB NOT NULL,
-    user_data_32 INTEGER NOT NULL,
-    reserved INTEGER NOT NULL,
-    ledger INTEGER NOT NULL,
-    code INTEGER NOT NULL,
-    flags INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL
+    flags INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accounts_by_user_data_128 ON accounts (user_data_128, timestamp);
 CREATE INDEX IF NOT EXISTS accounts_by_ledger_code ON accounts (ledger, code, timestamp);
@@ -237,14 +230,13 @@ def _encode_account(a: Account) -> tuple[int | bytes, ...]:
     )
 
 
-def _account_as_stored(a: Account) -> tuple[int | bytes, ...]:
-    # An Account's field order is the column order, so one whose 128-bit fields all fit in an
-    # INTEGER (the common case) is bound as it is, unconverted. As a plain tuple: sqlite3
-    # binds an exact tuple by index and any other sequence item by item, which measured twice
-    # as slow for a 13-column row.
-    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6]) < _INT64_LIMIT:
-        return tuple(a)
-    return _encode_account(a)
+def _account_change_row(a: Account) -> tuple[int | bytes, ...]:
+    """What changes of an account (id, the four balances, flags), as the account log binds it:
+    a plain tuple, which sqlite3 binds by index, where any other sequence (a record) is bound
+    item by item, twice as slow."""
+    if (a[0] | a[1] | a[2] | a[3] | a[4]) < _INT64_LIMIT:
+        return (a[0], a[1], a[2], a[3], a[4], a[11])
+    return (encode(a[0]), encode(a[1]), encode(a[2]), encode(a[3]), encode(a[4]), a[11])
 
 
 def _encode_transfer(t: Transfer) -> tuple[int | bytes, ...]:
@@ -400,7 +392,7 @@ class _SqliteWriteUnit:
         if batch.transfers_created:
             # A Transfer's field order is the column order, so a record whose 128-bit fields
             # all fit in an INTEGER (the common case) is bound as it is, unconverted, as a
-            # plain tuple (see `_account_as_stored`).
+            # plain tuple (see `_account_change_row`).
             connection.executemany(
                 f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
@@ -533,7 +525,7 @@ class SqliteStore(SqlLedgerReads):
         # Read at open, not import, so a test can make the tail tiny and index every batch.
         self.statement_index_every: int = STATEMENT_INDEX_EVERY
         self.account_log = AccountChangeLog(
-            ACCOUNT_CHANGES_MERGE_EVERY, _account_as_stored, _account_from_row
+            ACCOUNT_CHANGES_MERGE_EVERY, _account_change_row, decode, _accounts_by_id
         )
         self.path = Path(path)
         self.url = str(self.path)
