@@ -1,7 +1,8 @@
 """Webhook deliveries: which notification to send now, what came of it, and replays.
 
-Every platform event (a payment, a refund, a payout) is written with a pending delivery in the
-same commit as what it reports (`PlatformWriteUnit.save_records`). This service moves those
+Every platform event (a payment, a refund, a payout) is written with its delivery in the same
+commit as what it reports (`PlatformWriteUnit.save_records`): pending, or skipped at once when
+the merchant has no webhook URL. This service moves those
 deliveries along; the HTTP sending itself lives in `adapters.webhooks`, outside any
 transaction, so a slow merchant endpoint never holds the database's writer lock.
 
@@ -25,7 +26,8 @@ States of a delivery
 - "pending": due at `next_attempt_at` (or leased until then);
 - "delivered": the merchant's endpoint answered 2xx (`delivered_at` set);
 - "failed": all `MAX_ATTEMPTS` tries failed; no more tries unless the merchant asks a replay;
-- "skipped": the merchant has no webhook URL, so nothing is sent and no attempt is counted.
+- "skipped": the merchant has no webhook URL (when the event was written, or when the delivery
+  came due), so nothing is sent and no attempt is counted.
   The event stays readable through the event list (`/v1/webhook-events`), which is how such a
   merchant learns of it; a replay after a URL is set sends it.
 
@@ -49,6 +51,7 @@ PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
 FAILED: Final = "failed"
 SKIPPED: Final = "skipped"
+NO_WEBHOOK_URL: Final = "no webhook URL"
 STATUSES: Final = (PENDING, DELIVERED, FAILED, SKIPPED)
 
 # How long a claimed attempt is reserved for the process that claimed it. Longer than one
@@ -146,7 +149,7 @@ class WebhookService:
                         delivery._replace(
                             status=SKIPPED,
                             next_attempt_at=0,
-                            last_error="no webhook URL" if event and merchant else "no event",
+                            last_error=NO_WEBHOOK_URL if event and merchant else "no event",
                         )
                     )
                     continue

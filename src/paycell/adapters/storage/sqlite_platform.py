@@ -39,6 +39,7 @@ from paycell.service.platform_ports import (
     IdempotencyRecord,
     WebhookDelivery,
 )
+from paycell.service.webhooks import NO_WEBHOOK_URL, PENDING, SKIPPED
 
 R = TypeVar("R")
 
@@ -50,7 +51,7 @@ STREAM_CHUNK: Final = 1_024
 # 999 whatever the build, and a bounded statement on either backend.
 IN_PARAMETERS_MAX: Final = 500
 
-DELIVERY_PENDING: Final = "pending"
+DELIVERY_PENDING: Final = PENDING
 
 
 def _identity(value: Any) -> Any:
@@ -465,22 +466,34 @@ class PlatformWrites(PlatformReads):
         self._write(REFUNDS.insert, REFUNDS, decision.refunds)
         self._write(CHANNEL_REQUESTS.upsert, CHANNEL_REQUESTS, decision.channel_requests)
         self._write(WEBHOOK_EVENTS.insert, WEBHOOK_EVENTS, decision.events)
-        self._write(
-            WEBHOOK_DELIVERIES.insert,
-            WEBHOOK_DELIVERIES,
-            [
+        if decision.events:
+            self._write(
+                WEBHOOK_DELIVERIES.insert, WEBHOOK_DELIVERIES, self._deliveries(decision.events)
+            )
+
+    def _deliveries(self, events: Sequence[WebhookEvent]) -> list[WebhookDelivery]:
+        """Each event's delivery: due now, or skipped at once for a merchant without a
+        webhook URL, which saves the dispatcher a pass over it (and a write) per event."""
+        merchants = self.merchants_by_id({event.merchant_id for event in events})
+        deliveries = []
+        for event in events:
+            merchant = merchants.get(event.merchant_id)
+            if merchant is not None and merchant.webhook_url:
+                status, due, error = DELIVERY_PENDING, event.created_at, ""
+            else:
+                status, due, error = SKIPPED, 0, NO_WEBHOOK_URL
+            deliveries.append(
                 WebhookDelivery(
                     event_id=event.id,
                     merchant_id=event.merchant_id,
                     attempts=0,
-                    next_attempt_at=event.created_at,
-                    status=DELIVERY_PENDING,
-                    last_error="",
+                    next_attempt_at=due,
+                    status=status,
+                    last_error=error,
                     delivered_at=0,
                 )
-                for event in decision.events
-            ],
-        )
+            )
+        return deliveries
 
     def save_api_key(self, api_key: ApiKey) -> None:
         self._write(API_KEYS.insert, API_KEYS, [api_key])
