@@ -725,7 +725,7 @@ def test_webhook_deliveries_due_are_pending_and_due_oldest_first(store: Platform
         an_event(5, created_at=T + 5),
         an_event(6, created_at=T + 5),
     ]
-    save(store, events=events)
+    save(store, merchants=[a_merchant(1), a_merchant(2)], events=events)
     delivered = pending_delivery(events[4])._replace(
         attempts=1, next_attempt_at=0, status="delivered", delivered_at=T + 6
     )
@@ -754,6 +754,22 @@ def test_webhook_deliveries_due_are_pending_and_due_oldest_first(store: Platform
         assert [d.event_id for d in unit.webhook_deliveries_due(T + 90, 10)] == [2, 4, 3, 1]
         assert unit.webhook_deliveries_due(T + 9, 10) == []
         assert unit.webhook_event(4) == events[3]
+
+
+def test_an_event_of_a_merchant_without_a_webhook_url_is_written_with_its_delivery_skipped(
+    store: PlatformStore,
+) -> None:
+    save(
+        store,
+        merchants=[a_merchant(1, webhook_url=""), a_merchant(2)],
+        events=[an_event(1), an_event(2, merchant_id=2)],
+    )
+    assert store.webhook_delivery(1) == pending_delivery(an_event(1))._replace(
+        next_attempt_at=0, status="skipped", last_error="no webhook URL"
+    )
+    assert store.webhook_delivery(2) == pending_delivery(an_event(2, merchant_id=2))
+    with store.write() as unit:
+        assert [d.event_id for d in unit.webhook_deliveries_due(T + 100, 10)] == [2]
 
 
 def test_a_negative_limit_is_refused(store: PlatformStore) -> None:
@@ -922,7 +938,9 @@ def test_platform_and_ledger_writes_commit_together_and_become_visible_at_once(
 ) -> None:
     with store.write() as unit:
         save_ledger_account(unit, 7)
-        unit.save_records(Decision(orders=[a_full_order(1)], events=[an_event(1)]))
+        unit.save_records(
+            Decision(merchants=[a_merchant(1)], orders=[a_full_order(1)], events=[an_event(1)])
+        )
         # Another connection sees nothing before the commit.
         assert other_store.order(1) is None
         assert other_store.lookup_accounts([7]) == {}

@@ -336,6 +336,7 @@ def test_verify_passes_then_fails_on_a_tampered_database(
     # Someone edits a balance behind the ledger's back.
     connection = sqlite3.connect(sqlite_url)
     with connection:
+        connection.execute("DROP TRIGGER accounts_change_through_the_log")
         connection.execute("UPDATE accounts SET debits_posted = 6 WHERE id = 2")
         connection.execute("UPDATE account_changes SET debits_posted = 6 WHERE id = 2")
     connection.close()

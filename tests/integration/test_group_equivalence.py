@@ -54,7 +54,10 @@ class World:
         self.rich = platform.create_user("rich").id
         self.poor = platform.create_user("poor").id
         self.shop = platform.create_merchant(
-            "shop", fee_rate_basis_points=100, settlement_bank_account="x"
+            "shop",
+            fee_rate_basis_points=100,
+            settlement_bank_account="x",
+            webhook_url="https://shop.example/notify",  # So deliveries are due, not skipped.
         ).id
         assert platform.request_top_up(self.rich, "t", 100_00).ok
         assert platform.request_top_up(self.poor, "t", 3_00).ok

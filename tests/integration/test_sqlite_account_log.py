@@ -186,6 +186,8 @@ def test_a_version_2_database_is_migrated_when_opened(
     connection = sqlite3.connect(path, isolation_level=None)
     for sql in (
         "DROP TABLE account_changes",
+        "DROP TRIGGER accounts_change_through_the_log",
+        "ALTER TABLE accounts DROP COLUMN log_generation",
         "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",
         "UPDATE ledger_meta SET schema_version = 2",
     ):
@@ -201,6 +203,38 @@ def test_a_version_2_database_is_migrated_when_opened(
         (SCHEMA_VERSION, 0)
     ]
     assert rows(path, "SELECT count(*) FROM account_changes") == [(2,)]
+    assert_old_in_place_updates_are_refused(path)
+
+
+# What paycell 2 ran for every batch; a process of it still open on a migrated file must have
+# its batches refused, or its updates would sit under the log and be lost.
+IN_PLACE_UPDATE = (
+    "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
+    "credits_posted = ?, flags = ? WHERE id = ?"
+)
+
+
+def assert_old_in_place_updates_are_refused(path: Path) -> None:
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="balances change through account_changes"):
+            connection.execute(IN_PLACE_UPDATE, (0, 99, 0, 0, 0, 1))
+    finally:
+        connection.close()
+
+
+def test_a_process_updating_balances_in_place_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", 3)
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        pay(ledger, 2, 1, 2, 10)  # Written back: the write-back itself passes the trigger.
+        assert rows(path, "SELECT account_log_generation FROM ledger_meta") == [(1,)]
+        assert_old_in_place_updates_are_refused(path)
+        assert posted(ledger, 1) == (20, 0)
+        assert ledger.verify().ok
 
 
 @pytest.mark.parametrize(
@@ -229,3 +263,33 @@ def test_verify_names_a_tampered_account_log(tmp_path: Path, tampering: str, nam
         report = ledger.verify()
     assert not report.ok
     assert any(named in discrepancy for discrepancy in report.discrepancies), report.render()
+
+
+def test_a_batch_sqlite_rolled_back_by_itself_leaves_no_memory_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interrupt, a full disk or an I/O error makes SQLite roll the whole transaction back
+    # itself; the store's own ROLLBACK then has nothing to do and must not hide the error.
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2) as ledger:
+        connection = ledger.store._connection  # type: ignore[attr-defined]
+        save = sqlite_storage._SqliteWriteUnit.save
+
+        def save_then_interrupted(unit: sqlite_storage._SqliteWriteUnit, batch: object) -> None:
+            save(unit, batch)  # type: ignore[arg-type]  # The log and its memory have the batch.
+            connection.set_progress_handler(lambda: 1, 1)
+            try:
+                connection.execute("UPDATE ledger_meta SET batch_number = batch_number")
+            finally:
+                connection.set_progress_handler(None, 1)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sqlite_storage._SqliteWriteUnit, "save", save_then_interrupted)
+            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+                ledger.create_transfers([transfer(1, 1, 2, 10)])
+
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert posted(ledger, 1) == (0, 0)  # Before any verify, which would forget anyway.
+        pay(ledger, 2, 1, 2, 1)
+        assert posted(ledger, 1) == (1, 0)
+        assert ledger.verify().ok

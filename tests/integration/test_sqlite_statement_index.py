@@ -113,6 +113,8 @@ def test_a_version_1_database_is_migrated_when_opened(
     assert connection.execute("SELECT count(*) FROM account_changes").fetchone() == (0,)
     for sql in (
         "DROP TABLE account_changes",
+        "DROP TRIGGER accounts_change_through_the_log",
+        "ALTER TABLE accounts DROP COLUMN log_generation",
         "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",
         "DROP TABLE statement_debits",
         "DROP TABLE statement_credits",

@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     code INTEGER NOT NULL,
     flags INTEGER NOT NULL,
     created_flags INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL UNIQUE
+    timestamp INTEGER NOT NULL UNIQUE,
+    log_generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS account_changes (
     seq INTEGER PRIMARY KEY,
@@ -176,6 +177,10 @@ BEGIN SELECT RAISE(ABORT, 'statement_credits is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS statement_credits_are_append_only_delete
 BEFORE DELETE ON statement_credits
 BEGIN SELECT RAISE(ABORT, 'statement_credits is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS accounts_change_through_the_log
+BEFORE UPDATE OF debits_pending, debits_posted, credits_pending, credits_posted, flags
+ON accounts WHEN NEW.log_generation = OLD.log_generation
+BEGIN SELECT RAISE(ABORT, 'balances change through account_changes (schema 3)'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_update BEFORE UPDATE ON journal
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_delete BEFORE DELETE ON journal
@@ -206,6 +211,7 @@ _MIGRATE_1_TO_2: Final = (
 # Version 3 logs account changes; the table itself is in the schema above.
 _MIGRATE_2_TO_3: Final = (
     "ALTER TABLE ledger_meta ADD COLUMN account_log_generation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE accounts ADD COLUMN log_generation INTEGER NOT NULL DEFAULT 0",
     "UPDATE ledger_meta SET schema_version = 3",
 )
 
@@ -589,18 +595,15 @@ class SqliteStore(SqlLedgerReads):
         try:
             account_log.synchronize(connection)
             yield self._write_unit_type(connection, self.statement_index_every, account_log)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            account_log.forget()
-            raise
-        try:
             connection.execute("COMMIT")
         except BaseException:
-            # A commit that failed may or may not have ended the transaction; either way the
-            # log's memory cannot tell what the database now holds.
+            # First, so nothing below can skip it: the memory may hold what this transaction
+            # logged. Then roll back, unless SQLite already has: it rolls the whole
+            # transaction back itself on an interrupt, a full disk or an I/O error, and a
+            # ROLLBACK then would fail and hide the error that caused it.
+            account_log.forget()
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            account_log.forget()
             raise
 
     @contextmanager
@@ -617,7 +620,8 @@ class SqliteStore(SqlLedgerReads):
             self.account_log.synchronize(connection)
             yield self.account_log
         finally:
-            connection.execute("COMMIT")
+            if connection.in_transaction:
+                connection.execute("COMMIT")
 
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection)
@@ -636,7 +640,9 @@ class SqliteStore(SqlLedgerReads):
             return [account_log.patch(_account_from_row(row)) for row in rows]
 
     def all_accounts(self) -> Iterator[Account]:
-        # For `paycell verify`: what the database holds, not what this process remembers.
+        # For `paycell verify`: what the database holds, not what this process remembers. It
+        # reads in one snapshot, a read transaction held until the iteration ends: no write on
+        # this store can start until then (verify only reads).
         self.account_log.forget()
         with self._account_snapshot() as account_log:
             for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "timestamp"):

@@ -41,9 +41,12 @@ _APPEND: Final = (
     "(id, debits_pending, debits_posted, credits_pending, credits_posted, flags) "
     "VALUES (?,?,?,?,?,?)"
 )
+# Moving `log_generation` is what the trigger `accounts_change_through_the_log` lets through:
+# a process still running paycell 2's code (which updated balances in place, under the log)
+# has its batch refused instead of losing updates.
 _WRITE_BACK: Final = (
     "UPDATE accounts SET debits_pending = ?2, debits_posted = ?3, credits_pending = ?4, "
-    "credits_posted = ?5, flags = ?6 WHERE id = ?1"
+    "credits_posted = ?5, flags = ?6, log_generation = log_generation + 1 WHERE id = ?1"
 )
 _READ: Final = (
     "SELECT seq, id, debits_pending, debits_posted, credits_pending, credits_posted, flags "
