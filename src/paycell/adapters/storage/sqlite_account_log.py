@@ -48,6 +48,9 @@ _WRITE_BACK: Final = (
     "UPDATE accounts SET debits_pending = ?2, debits_posted = ?3, credits_pending = ?4, "
     "credits_posted = ?5, flags = ?6, log_generation = log_generation + 1 WHERE id = ?1"
 )
+_WHERE_THE_LOG_IS: Final = (
+    "SELECT account_log_generation, (SELECT max(seq) FROM account_changes) FROM ledger_meta"
+)
 _READ: Final = (
     "SELECT seq, id, debits_pending, debits_posted, credits_pending, credits_posted, flags "
     "FROM account_changes WHERE seq > ? ORDER BY seq"
@@ -88,14 +91,16 @@ class AccountChangeLog:
         self._seen_through = 0
 
     def synchronize(self, connection: sqlite3.Connection) -> None:
-        (generation,) = connection.execute(
-            "SELECT account_log_generation FROM ledger_meta"
-        ).fetchone()
+        # One query in the common case, where nobody else wrote: the log's last row number
+        # is the one this memory has seen.
+        generation, last_seq = connection.execute(_WHERE_THE_LOG_IS).fetchone()
         if generation != self._generation:
             # Written back by someone else (or never read): what is in the log is all.
             self._latest.clear()
             self._generation = generation
             self._seen_through = 0
+        if (last_seq or 0) == self._seen_through:
+            return
         rows = connection.execute(_READ, (self._seen_through,)).fetchall()
         if not rows:
             return
