@@ -7,8 +7,8 @@ balances and flags of each account it changed to `account_changes`, a few pages 
 one table (the rest of an account never changes; logging whole rows measured 10% slower).
 Once `ACCOUNT_CHANGES_MERGE_EVERY` rows have piled up, the batch that crosses the threshold
 writes the latest state of each changed account back into `accounts`, sorted by id, and
-empties the log, in its own transaction: an account page is then written once per write-back
-for all its accounts' changes, not once per batch.
+empties the log, inside that batch's transaction: an account page is then written once per
+write-back for all its accounts' changes, not once per batch.
 
 An account's current state is its latest row in the log, or its row in `accounts` if the log
 has none. Each store keeps the log's content in memory (`AccountChangeLog`) and brings it up
