@@ -16,6 +16,7 @@ from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage import sqlite_account_log
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION
 from paycell.adapters.storage.sqlite_account_log import AccountChangeLog
+from tests.integration.sqlite_files import rows
 
 CNY = 156
 LOG = 5
@@ -42,14 +43,6 @@ def open_accounts(path: Path, *ids: int) -> Ledger:
 def pay(ledger: Ledger, transfer_id: int, debit: int, credit: int, amount: int) -> None:
     results = ledger.create_transfers([transfer(transfer_id, debit, credit, amount)])
     assert [r.value for r in results] == ["ok"]
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    connection = sqlite3.connect(path)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
 
 
 def posted(ledger: Ledger, account_id: int) -> tuple[int, int]:

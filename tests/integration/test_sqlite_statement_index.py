@@ -13,6 +13,7 @@ from paycell import Account, AccountFilter, AccountFilterFlags, Ledger, Transfer
 from paycell.adapters.cli.main import main as cli_main
 from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION, SchemaVersionError
+from tests.integration.sqlite_files import rows
 
 CNY = 156
 TAIL = 4
@@ -34,14 +35,6 @@ def open_ledger_with_traffic(path: Path, transfers: int) -> Ledger:
         )
         assert [r.value for r in ledger.create_transfers([transfer])] == ["ok"]
     return ledger
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    connection = sqlite3.connect(path)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
 
 
 def statement(
