@@ -11,6 +11,7 @@ import pytest
 
 from paycell import Account, AccountFilter, AccountFilterFlags, Ledger, Transfer
 from paycell.adapters.cli.main import main as cli_main
+from paycell.adapters.storage import ledger_queries
 from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION, SchemaVersionError
 from tests.integration.sqlite_files import rows
@@ -35,6 +36,13 @@ def open_ledger_with_traffic(path: Path, transfers: int) -> Ledger:
         )
         assert [r.value for r in ledger.create_transfers([transfer])] == ["ok"]
     return ledger
+
+
+def rows_of(ledger: Ledger, sql: str, parameters: list[object]) -> list[tuple[object, ...]]:
+    """What the ledger's own connection answers: EXPLAIN QUERY PLAN depends on its tables."""
+    store = ledger.store
+    assert isinstance(store, sqlite_storage.SqliteStore)
+    return list(store._connection.execute(sql, parameters))
 
 
 def statement(
@@ -71,6 +79,38 @@ def test_the_tail_is_indexed_by_the_batch_that_fills_it(
     assert rows(path, indexed_ids.format("statement_credits")) == [(n,) for n in range(1, 9)]
     debits_of_1 = "SELECT count(*) FROM statement_debits WHERE account_id = 1"
     assert rows(path, debits_of_1) == [(4,)]
+    # Fills are numbered, each with its watermark: the last transfer timestamp it indexed.
+    first_through = rows(path, "SELECT timestamp FROM transfers WHERE id = 4")[0][0]
+    assert rows(path, "SELECT fill, through FROM statement_fills ORDER BY fill") == [
+        (1, first_through),
+        (2, last_indexed),
+    ]
+    fill_of_each = "SELECT t.id, s.fill FROM {} s JOIN transfers t USING (timestamp) ORDER BY t.id"
+    for table in ("statement_debits", "statement_credits"):
+        assert rows(path, fill_of_each.format(table)) == [
+            (n, 1 if n <= 4 else 2) for n in range(1, 9)
+        ]
+
+
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_a_statement_reads_the_fills_in_key_order_without_sorting(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    # However many fills and transfers an account has, a page reads them in index order and
+    # stops at its limit: a sort would read every row of the account first.
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+        if newest_first:
+            flags |= AccountFilterFlags.REVERSED
+        account_filter = AccountFilter(
+            account_id=1, code=1, timestamp_min=5, timestamp_max=10**18, limit=10, flags=flags
+        )
+        for part in (ledger_queries.filled_statement, ledger_queries.statement_tail):
+            sql, parameters = part(sqlite_storage._SQLITE, account_filter, 10)
+            plan = rows_of(ledger, "EXPLAIN QUERY PLAN " + sql, parameters)
+            details = " | ".join(str(row[-1]) for row in plan)
+            assert "TEMP B-TREE" not in details, details
+            assert "SCAN" not in details.replace("SCAN ledger_meta", ""), details
 
 
 def test_a_statement_pages_across_the_indexed_part_and_the_tail(
@@ -133,6 +173,54 @@ def test_a_version_1_database_is_migrated_when_opened(
     assert rows(path, indexes) == []
 
 
+def test_a_version_3_database_gets_its_statement_tables_keyed_by_fill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 10):
+        pass
+    monkeypatch.undo()
+    # Put the statement tables back into version 3's layout: (account, timestamp), no fills.
+    connection = sqlite3.connect(path, isolation_level=None)
+    for side in ("debit", "credit"):
+        for sql in (
+            f"DROP TRIGGER statement_{side}s_are_append_only_update",
+            f"DROP TRIGGER statement_{side}s_are_append_only_delete",
+            f"CREATE TABLE old_{side}s (account_id BLOB NOT NULL, timestamp INTEGER NOT NULL, "
+            "PRIMARY KEY (account_id, timestamp)) WITHOUT ROWID",
+            f"INSERT INTO old_{side}s SELECT account_id, timestamp FROM statement_{side}s",
+            f"DROP TABLE statement_{side}s",
+            f"ALTER TABLE old_{side}s RENAME TO statement_{side}s",
+            f"CREATE TRIGGER statement_{side}s_are_append_only_update BEFORE UPDATE ON "
+            f"statement_{side}s BEGIN SELECT RAISE(ABORT, 'append-only'); END",
+            f"CREATE TRIGGER statement_{side}s_are_append_only_delete BEFORE DELETE ON "
+            f"statement_{side}s BEGIN SELECT RAISE(ABORT, 'append-only'); END",
+        ):
+            connection.execute(sql)
+    connection.execute("DROP TABLE statement_fills")
+    connection.execute("UPDATE ledger_meta SET schema_version = 3")
+    connection.close()
+
+    with Ledger(path) as ledger:
+        assert statement(ledger, 1) == list(range(1, 11))
+        assert statement(ledger, 2, newest_first=True, limit=4) == [10, 9, 8, 7]
+        assert ledger.verify().ok
+    # Version 3's rows are one fill, through the watermark they were indexed to.
+    ((watermark, version),) = rows(
+        path, "SELECT statement_indexed_through, schema_version FROM ledger_meta"
+    )
+    assert version == SCHEMA_VERSION
+    assert rows(path, "SELECT fill, through FROM statement_fills") == [(1, watermark)]
+    assert rows(path, "SELECT DISTINCT fill FROM statement_debits") == [(1,)]
+    assert rows(path, "SELECT count(*) FROM statement_credits") == [(8,)]
+    # And the tables are append-only again.
+    connection = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        connection.execute("DELETE FROM statement_debits")
+    connection.close()
+
+
 def database_from_a_newer_paycell(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     with open_ledger_with_traffic(path, 1):
@@ -171,10 +259,27 @@ def test_the_cli_names_a_database_from_a_newer_paycell(
         ),
         (
             [
-                "INSERT INTO statement_credits (account_id, timestamp) "
-                "SELECT 1, timestamp FROM transfers WHERE id = 1",
+                "INSERT INTO statement_credits (fill, account_id, timestamp) "
+                "SELECT 1, 1, timestamp "
+                "FROM transfers WHERE id = 1",
             ],
             "statement_credits: 1 rows name no transfer",
+        ),
+        (
+            # Moved to the second fill: a statement would find it in the wrong time range.
+            [
+                "DROP TRIGGER statement_debits_are_append_only_update",
+                "UPDATE statement_debits SET fill = 2 "
+                "WHERE timestamp = (SELECT timestamp FROM transfers WHERE id = 2)",
+            ],
+            "statement_debits: 1 rows are outside the fill they name",
+        ),
+        (
+            [
+                "DROP TRIGGER statement_fills_are_append_only_delete",
+                "DELETE FROM statement_fills WHERE fill = 2",
+            ],
+            "statement_fills: the last fill is through",
         ),
     ],
 )

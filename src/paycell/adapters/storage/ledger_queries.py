@@ -11,8 +11,9 @@ described by a `Dialect`:
   and ranges work on the encoded value); PostgreSQL stores NUMERIC(39,0) and binds a plain int
   with a cast, so that the comparison is with the column's type and can use its index;
 - how a row becomes an `Account`, a `Transfer` or an `AccountBalance`;
-- how an account's transfers are found: PostgreSQL indexes the transfers' account columns,
-  SQLite fills statement tables in bulk and scans the few transfers not yet in them.
+- how an account's transfers are found: PostgreSQL indexes the transfers' account columns
+  (`account_transfers`); SQLite fills statement tables in bulk and scans the few transfers not
+  yet in them (`filled_statement` and `statement_tail`, which its store runs in turn).
 
 The functions build a statement's text and parameters from a filter and touch no database;
 `SqlLedgerReads` runs them for a store. The hot paths (a write unit's prefetch by id, `save()`)
@@ -91,10 +92,6 @@ class Dialect:
     # PostgreSQL then plans each side as a bounded range scan of its index; SQLite merges the
     # two ordered index scans of a compound SELECT by itself and stops at the outer LIMIT.
     limit_each_side: bool
-    # Whether account statements come from the bulk-filled statement tables plus a scan of the
-    # transfers after their watermark (SQLite; see its module), rather than from indexes on
-    # the transfers' account columns (PostgreSQL).
-    bulk_statement_index: bool
 
 
 def timestamp_bounds(timestamp_min: int, timestamp_max: int) -> tuple[int, int]:
@@ -128,9 +125,8 @@ def _order(reversed_: bool) -> str:
 
 
 def account_transfers(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:
-    """An account's transfers (its statement): one indexed scan per side asked for, merged."""
-    if dialect.bulk_statement_index:
-        return _account_transfers_bulk_indexed(dialect, account_filter, limit)
+    """An account's transfers (its statement) from indexes on the transfers' account columns:
+    one indexed scan per side asked for, merged."""
     p = dialect.placeholder
     low, high = timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
     conditions, values = _field_conditions(dialect, account_filter, _ACCOUNT_FILTER_FIELDS)
@@ -169,14 +165,56 @@ def _statement_sides(account_filter: AccountFilter) -> list[str]:
     ]
 
 
-def _account_transfers_bulk_indexed(
-    dialect: Dialect, account_filter: AccountFilter, limit: int
-) -> Statement:
-    """A statement from the bulk-filled statement tables plus one scan of the unindexed tail.
+def filled_statement(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:
+    """The part of a statement in the bulk-filled statement tables (SQLite; see its module),
+    one page: each side's run in every fill that can hold the time range, merged.
 
-    Every part is ordered by timestamp, so SQLite merges them and stops at the outer LIMIT.
-    The tail's lower bound is one expression: given two, SQLite may range-scan on the filter's
-    bound and test the watermark row by row, reading the whole table.
+    Fills are numbered in order, and every timestamp a fill holds is above the one before's
+    watermark and up to its own, so (fill, timestamp) orders rows as timestamp alone does, and
+    that is the order of the tables' keys: SQLite reads each fill's run in index order, merges
+    the sides and stops at the LIMIT, with no sort. The fills asked for are those from the
+    first whose watermark reaches the range's low end to the first whose watermark reaches its
+    high end.
+    """
+    p = dialect.placeholder
+    wide = dialect.wide_parameter
+    low, high = timestamp_bounds(account_filter.timestamp_min, account_filter.timestamp_max)
+    account = dialect.encode(account_filter.account_id)
+    conditions, values = _field_conditions(dialect, account_filter, _ACCOUNT_FILTER_FIELDS, "t.")
+    fills = (
+        f"SELECT fill FROM statement_fills WHERE through >= {p} AND through <= coalesce("
+        f"(SELECT min(through) FROM statement_fills WHERE through >= {p}), {TIMESTAMP_CEILING})"
+    )
+    selects: list[str] = []
+    parameters: list[Any] = []
+    for side in _statement_sides(account_filter):
+        where = " AND ".join(
+            [
+                f"s.fill IN ({fills})",
+                f"s.account_id = {wide}",
+                f"s.timestamp >= {p}",
+                f"s.timestamp <= {p}",
+                *conditions,
+            ]
+        )
+        selects.append(
+            f"SELECT {_STATEMENT_TRANSFER_COLUMNS}, s.fill AS fill FROM statement_{side}s s "
+            f"JOIN transfers t ON t.timestamp = s.timestamp WHERE {where}"
+        )
+        parameters.extend([low, high, account, low, high, *values])
+    order = _order(bool(account_filter.flags & AccountFilterFlags.REVERSED))
+    return (
+        f"{' UNION ALL '.join(selects)} ORDER BY fill {order}, timestamp {order} LIMIT {p}",
+        [*parameters, limit],
+    )
+
+
+def statement_tail(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:
+    """The part of a statement not yet in the statement tables, one page: a scan of the
+    transfers after the watermark, which the transfers table holds in timestamp order.
+
+    The lower bound is one expression: given two, SQLite may range-scan on the filter's bound
+    and test the watermark row by row, reading the whole table.
     """
     p = dialect.placeholder
     wide = dialect.wide_parameter
@@ -184,19 +222,8 @@ def _account_transfers_bulk_indexed(
     account = dialect.encode(account_filter.account_id)
     conditions, values = _field_conditions(dialect, account_filter, _ACCOUNT_FILTER_FIELDS, "t.")
     sides = _statement_sides(account_filter)
-    selects: list[str] = []
-    parameters: list[Any] = []
-    for side in sides:
-        where = " AND ".join(
-            [f"s.account_id = {wide}", f"s.timestamp >= {p}", f"s.timestamp <= {p}", *conditions]
-        )
-        selects.append(
-            f"SELECT {_STATEMENT_TRANSFER_COLUMNS} FROM statement_{side}s s "
-            f"JOIN transfers t ON t.timestamp = s.timestamp WHERE {where}"
-        )
-        parameters.extend([account, low, high, *values])
     accounts = " OR ".join(f"t.{side}_account_id = {wide}" for side in sides)
-    tail_where = " AND ".join(
+    where = " AND ".join(
         [
             f"t.timestamp >= max({p}, (SELECT statement_indexed_through FROM ledger_meta) + 1)",
             f"t.timestamp <= {p}",
@@ -204,13 +231,12 @@ def _account_transfers_bulk_indexed(
             *conditions,
         ]
     )
-    selects.append(f"SELECT {_JOINED_TRANSFER_COLUMNS} FROM transfers t WHERE {tail_where}")
-    parameters.extend([low, high, *[account] * len(sides), *values])
     order = _order(bool(account_filter.flags & AccountFilterFlags.REVERSED))
-    return f"{' UNION ALL '.join(selects)} ORDER BY timestamp {order} LIMIT {p}", [
-        *parameters,
-        limit,
-    ]
+    return (
+        f"SELECT {_JOINED_TRANSFER_COLUMNS} FROM transfers t WHERE {where} "
+        f"ORDER BY t.timestamp {order} LIMIT {p}",
+        [low, high, *[account] * len(sides), *values, limit],
+    )
 
 
 def account_balances(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:

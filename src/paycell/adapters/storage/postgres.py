@@ -182,7 +182,6 @@ _POSTGRES: Final = Dialect(
     transfer_from_row=_transfer_from_row,
     balance_from_row=AccountBalance._make,
     limit_each_side=True,
-    bulk_statement_index=False,
 )
 
 

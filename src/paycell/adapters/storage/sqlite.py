@@ -12,11 +12,16 @@ common case (ids and amounts that fit) stays a compact, fast integer.
 
 Account statements are indexed in bulk. An index on a transfer's accounts puts every new
 transfer on two random index pages, and at small batches those page writes were half of a
-commit's cost. Instead, `statement_debits` / `statement_credits` (account, timestamp) are filled
-once per `STATEMENT_INDEX_EVERY` transfers, in one sorted INSERT ... SELECT inside the batch
-that crosses the threshold. The transfers after `ledger_meta.statement_indexed_through` (the
-tail, at most that many) are found by scanning the transfers table, which is ordered by
-timestamp; a statement reads both parts in one SELECT, so it sees one consistent snapshot.
+commit's cost. Instead, `statement_debits` / `statement_credits` are filled once per
+`STATEMENT_INDEX_EVERY` transfers, in one sorted INSERT ... SELECT inside the batch that crosses
+the threshold. Each fill is a run of its own, keyed (fill, account, timestamp), where `fill`
+numbers the fills in order (`statement_fills`, with each one's watermark): a fill appends to the
+end of the tables instead of inserting into every busy account's part of them, so its cost does
+not grow with the tables. A statement reads an account's run in each fill that can hold its
+time range, one index seek a fill, merged in order by SQLite; the transfers after
+`ledger_meta.statement_indexed_through` (the tail, at most that many) are found by scanning the
+transfers table, which is ordered by timestamp. Both reads run in one read transaction, so a
+statement sees one consistent snapshot.
 """
 
 import sqlite3
@@ -40,11 +45,20 @@ from paycell.adapters.storage.sqlite_account_log import (
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.errors import PaycellError
 from paycell.core.journal import GENESIS_HASH
-from paycell.core.types import Account, AccountBalance, PendingStatus, QueryFilter, Transfer
+from paycell.core.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    PendingStatus,
+    QueryFilter,
+    Transfer,
+)
 
 # Version 2 replaced the two indexes on transfers' accounts with the bulk-filled statement tables;
-# version 3 added the account change log (sqlite_account_log.py).
-SCHEMA_VERSION: Final = 3
+# version 3 added the account change log (sqlite_account_log.py); version 4 keys the statement
+# tables by fill.
+SCHEMA_VERSION: Final = 4
 _INT64_LIMIT: Final = 1 << 63
 # How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
@@ -53,14 +67,11 @@ _IN_CHUNK: Final = 16_384
 
 WAL_CHECKPOINT_PAGES: Final = 16_384
 WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
-# How many transfers wait in the statement tail before they are indexed together. Larger makes
-# writes cheaper and statements dearer. A fill appends to every active account's last index
-# page, so it writes about as many pages however few transfers it indexes: with 10,000 busy
-# accounts, tens of MB a fill. At 16,384, batches of 100 slowed from 61,000/s to 35,000/s
-# over two million transfers, once those pages outgrew the page cache and each fill forced a
-# checkpoint; at 65,536 from 73,000/s to 55,000/s. A statement page then scans a tail of up
-# to 65,536 transfers: about 3 ms here (0.8 ms at 16,384).
-STATEMENT_INDEX_EVERY: Final = 65_536
+# How many transfers wait in the statement tail before they are indexed together. A fill costs
+# about the same per transfer at any size (it appends a sorted run), so this trades the tail a
+# statement scans (up to this many transfers, about 1.5 ms here) against the fills a
+# statement seeks (one per this many transfers in its time range).
+STATEMENT_INDEX_EVERY: Final = 32_768
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
@@ -116,15 +127,21 @@ CREATE TABLE IF NOT EXISTS transfers (
     code INTEGER NOT NULL,
     flags INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS statement_fills (
+    fill INTEGER PRIMARY KEY,
+    through INTEGER NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS statement_debits (
+    fill INTEGER NOT NULL,
     account_id BLOB NOT NULL,
     timestamp INTEGER NOT NULL,
-    PRIMARY KEY (account_id, timestamp)
+    PRIMARY KEY (fill, account_id, timestamp)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statement_credits (
+    fill INTEGER NOT NULL,
     account_id BLOB NOT NULL,
     timestamp INTEGER NOT NULL,
-    PRIMARY KEY (account_id, timestamp)
+    PRIMARY KEY (fill, account_id, timestamp)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_transfers (
     id BLOB PRIMARY KEY,
@@ -165,6 +182,12 @@ CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_update BEFORE UPDATE ON t
 BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS transfers_are_append_only_delete BEFORE DELETE ON transfers
 BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_fills_are_append_only_update
+BEFORE UPDATE ON statement_fills
+BEGIN SELECT RAISE(ABORT, 'statement_fills is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statement_fills_are_append_only_delete
+BEFORE DELETE ON statement_fills
+BEGIN SELECT RAISE(ABORT, 'statement_fills is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS statement_debits_are_append_only_update
 BEFORE UPDATE ON statement_debits
 BEGIN SELECT RAISE(ABORT, 'statement_debits is append-only'); END;
@@ -187,22 +210,22 @@ CREATE TRIGGER IF NOT EXISTS journal_is_append_only_delete BEFORE DELETE ON jour
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 """
 
-# Index the tail: each side's new entries sorted by the key, so each index page that gains
-# entries is written once for all of them.
+_STATEMENT_SIDES: Final = ("debit", "credit")
+
+# Index the tail as fill number ?1, the transfers after ?2: each side's entries sorted by the
+# key, so they append to the end of the table.
 _INDEX_STATEMENT_TAIL: Final = tuple(
-    f"INSERT INTO statement_{side}s (account_id, timestamp) "
-    f"SELECT {side}_account_id, timestamp FROM transfers WHERE timestamp > ? "
+    f"INSERT INTO statement_{side}s (fill, account_id, timestamp) "
+    f"SELECT ?1, {side}_account_id, timestamp FROM transfers WHERE timestamp > ?2 "
     f"ORDER BY {side}_account_id, timestamp"
-    for side in ("debit", "credit")
+    for side in _STATEMENT_SIDES
 )
 
-# Version 1 databases indexed transfers' accounts directly; version 2 indexes them in bulk.
+# Version 1 databases indexed transfers' accounts directly; version 2 indexes them in bulk
+# (the tables are created by the schema above, in version 4's shape, and filled here).
 _MIGRATE_1_TO_2: Final = (
     "ALTER TABLE ledger_meta ADD COLUMN statement_indexed_through INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE ledger_meta ADD COLUMN statement_unindexed INTEGER NOT NULL DEFAULT 0",
-    *(statement.replace("?", "0") for statement in _INDEX_STATEMENT_TAIL),
-    "UPDATE ledger_meta SET statement_indexed_through = "
-    "(SELECT coalesce(max(timestamp), 0) FROM transfers), statement_unindexed = 0",
     "DROP INDEX IF EXISTS transfers_by_debit_account",
     "DROP INDEX IF EXISTS transfers_by_credit_account",
     "UPDATE ledger_meta SET schema_version = 2",
@@ -329,7 +352,6 @@ _SQLITE: Final = Dialect(
     transfer_from_row=_transfer_from_row,
     balance_from_row=_balance_from_row,
     limit_each_side=False,
-    bulk_statement_index=True,
 )
 
 
@@ -477,20 +499,26 @@ class _SqliteWriteUnit:
             (entry.timestamp_last, entry.batch_number, entry.hash, len(batch.transfers_created)),
         ).fetchone()[0]
         if unindexed >= self._statement_index_every:
-            self._index_statement_tail(entry.timestamp_last)
+            _index_statement_tail(connection, entry.timestamp_last)
 
-    def _index_statement_tail(self, through: int) -> None:
-        """Index every transfer after the watermark, in this batch's transaction."""
-        connection = self._connection
-        (indexed_through,) = connection.execute(
-            "SELECT statement_indexed_through FROM ledger_meta"
-        ).fetchone()
-        for statement in _INDEX_STATEMENT_TAIL:
-            connection.execute(statement, (indexed_through,))
-        connection.execute(
-            "UPDATE ledger_meta SET statement_indexed_through = ?, statement_unindexed = 0",
-            (through,),
-        )
+
+def _index_statement_tail(connection: sqlite3.Connection, through: int) -> None:
+    """Index every transfer after the watermark as one fill, up to `through` (the last
+    transfer's timestamp), in the caller's transaction."""
+    (indexed_through,) = connection.execute(
+        "SELECT statement_indexed_through FROM ledger_meta"
+    ).fetchone()
+    if through <= indexed_through:
+        return
+    (fill,) = connection.execute(
+        "INSERT INTO statement_fills (through) VALUES (?) RETURNING fill", (through,)
+    ).fetchone()
+    for statement in _INDEX_STATEMENT_TAIL:
+        connection.execute(statement, (fill, indexed_through))
+    connection.execute(
+        "UPDATE ledger_meta SET statement_indexed_through = ?, statement_unindexed = 0",
+        (through,),
+    )
 
 
 def _read_meta(connection: sqlite3.Connection) -> LedgerMeta:
@@ -559,9 +587,7 @@ class SqliteStore(SqlLedgerReads):
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    connection.execute(statement)
+            self._execute_schema()
             connection.execute(
                 "INSERT OR IGNORE INTO ledger_meta "
                 "(singleton, schema_version, last_timestamp, batch_number, last_hash) "
@@ -577,13 +603,48 @@ class SqliteStore(SqlLedgerReads):
             if version == 1:
                 for statement in _MIGRATE_1_TO_2:
                     connection.execute(statement)
+                (last,) = connection.execute(
+                    "SELECT coalesce(max(timestamp), 0) FROM transfers"
+                ).fetchone()
+                _index_statement_tail(connection, last)
             if version <= 2:
                 for statement in _MIGRATE_2_TO_3:
                     connection.execute(statement)
+            if 2 <= version <= 3:
+                # A version 1 file got its statement tables in version 4's shape above.
+                self._key_statement_tables_by_fill()
+            connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION,))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+
+    def _key_statement_tables_by_fill(self) -> None:
+        """Version 3 to 4: the statement tables' rows, (account, timestamp), move into
+        tables keyed (fill, account, timestamp), as fill 1, through the watermark."""
+        connection = self._connection
+        for side in _STATEMENT_SIDES:
+            connection.execute(f"DROP TRIGGER statement_{side}s_are_append_only_update")
+            connection.execute(f"DROP TRIGGER statement_{side}s_are_append_only_delete")
+            connection.execute(f"ALTER TABLE statement_{side}s RENAME TO statement_{side}s_v3")
+        self._execute_schema()  # The new tables, and their triggers.
+        connection.execute(
+            "INSERT INTO statement_fills (fill, through) SELECT 1, statement_indexed_through "
+            "FROM ledger_meta WHERE statement_indexed_through > 0"
+        )
+        for side in _STATEMENT_SIDES:
+            connection.execute(
+                f"INSERT INTO statement_{side}s (fill, account_id, timestamp) "
+                f"SELECT 1, account_id, timestamp FROM statement_{side}s_v3 "
+                "ORDER BY account_id, timestamp"
+            )
+            connection.execute(f"DROP TABLE statement_{side}s_v3")
+
+    def _execute_schema(self) -> None:
+        """Create whatever of the schema is missing (every statement is IF NOT EXISTS)."""
+        for statement in _SCHEMA.split(";\n"):
+            if statement.strip():
+                self._connection.execute(statement)
 
     _write_unit_type: type[_SqliteWriteUnit] = _SqliteWriteUnit
 
@@ -607,21 +668,27 @@ class SqliteStore(SqlLedgerReads):
             raise
 
     @contextmanager
-    def _account_snapshot(self) -> Iterator[AccountChangeLog]:
-        """Accounts read from `accounts` and the log's memory must come from one snapshot:
-        another process may write the log back in between."""
+    def _snapshot(self) -> Iterator[None]:
+        """Reads that must see one state of the database: one read transaction (or the one
+        already open)."""
         connection = self._connection
         if connection.in_transaction:
-            self.account_log.synchronize(connection)
-            yield self.account_log
+            yield
             return
         connection.execute("BEGIN")
         try:
-            self.account_log.synchronize(connection)
-            yield self.account_log
+            yield
         finally:
             if connection.in_transaction:
                 connection.execute("COMMIT")
+
+    @contextmanager
+    def _account_snapshot(self) -> Iterator[AccountChangeLog]:
+        """Accounts read from `accounts` and the log's memory must come from one snapshot:
+        another process may write the log back in between."""
+        with self._snapshot():
+            self.account_log.synchronize(self._connection)
+            yield self.account_log
 
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection)
@@ -655,6 +722,22 @@ class SqliteStore(SqlLedgerReads):
     def lookup_transfers(self, ids: Collection[int]) -> dict[int, Transfer]:
         return _transfers_by_id(self._connection, ids)
 
+    def account_transfers(self, account_filter: AccountFilter, limit: int) -> list[Transfer]:
+        # The filled part holds every transfer before the tail's, so a page oldest first reads
+        # it first, and newest first reads the tail first; the second read is skipped if the
+        # first filled the page.
+        if account_filter.flags & AccountFilterFlags.REVERSED:
+            parts = (ledger_queries.statement_tail, ledger_queries.filled_statement)
+        else:
+            parts = (ledger_queries.filled_statement, ledger_queries.statement_tail)
+        rows: list[Any] = []
+        with self._snapshot():
+            for part in parts:
+                rows += self._rows(*part(_SQLITE, account_filter, limit - len(rows)))
+                if len(rows) >= limit:
+                    break
+        return [_transfer_from_row(row) for row in rows]
+
     def _rows(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
         return self._connection.execute(sql, parameters).fetchall()
 
@@ -667,19 +750,38 @@ class SqliteStore(SqlLedgerReads):
 
     def _statement_index_discrepancies(self) -> list[str]:
         """The statement tables must hold exactly one row per side of every transfer up to
-        the watermark, naming that side's account; a missing or stray row would make
-        statements lie while every balance still adds up."""
-        (watermark,) = self._connection.execute(
+        the watermark, naming that side's account, in the fill that indexed it; a missing,
+        stray or misfiled row would make statements lie while every balance still adds up."""
+        connection = self._connection
+        (watermark,) = connection.execute(
             "SELECT statement_indexed_through FROM ledger_meta"
         ).fetchone()
-        (expected,) = self._connection.execute(
+        (expected,) = connection.execute(
             "SELECT count(*) FROM transfers WHERE timestamp <= ?", (watermark,)
         ).fetchone()
         found: list[str] = []
-        for side in ("debit", "credit"):
+        (last_fill,) = connection.execute(
+            "SELECT coalesce(max(through), 0) FROM statement_fills"
+        ).fetchone()
+        if last_fill != watermark:
+            found.append(
+                f"statement_fills: the last fill is through {last_fill}, the watermark is "
+                f"{watermark}"
+            )
+        for side in _STATEMENT_SIDES:
+            # A row belongs to a recorded fill, after the fill before it and up to its own.
+            (misfiled,) = connection.execute(
+                f"SELECT count(*) FROM statement_{side}s s "
+                "LEFT JOIN statement_fills f ON f.fill = s.fill "
+                "WHERE f.fill IS NULL OR s.timestamp > f.through OR s.timestamp <= "
+                "(SELECT coalesce(max(through), 0) FROM statement_fills WHERE fill < s.fill)"
+            ).fetchone()
+            if misfiled:
+                found.append(f"statement_{side}s: {misfiled} rows are outside the fill they name")
             # Each row must match a transfer's account on its side, at or before the
-            # watermark; the key makes rows unique, so matching rows = transfers means all.
-            (rows, matching) = self._connection.execute(
+            # watermark. A timestamp lies in one fill's range and the key holds the fill, so
+            # rows in their fills are unique: matching rows = transfers means all of them.
+            (rows, matching) = connection.execute(
                 f"SELECT count(*), count(t.timestamp) FROM statement_{side}s s "
                 "LEFT JOIN transfers t ON t.timestamp = s.timestamp "
                 f"AND t.{side}_account_id = s.account_id AND t.timestamp <= ?",
