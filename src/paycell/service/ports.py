@@ -78,7 +78,13 @@ class LedgerStore(Protocol):
 
     def pending_state(self, transfer_id: int) -> PendingState | None: ...
 
-    # What `paycell verify` reads: everything, streamed in timestamp order.
+    # What `paycell verify` reads: everything, streamed in timestamp order, in one snapshot.
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads made inside see one committed state of the database, whatever other
+        processes commit meanwhile. Not inside a write, and writes wait on this store (not on
+        others) until it ends."""
+        ...
+
     def meta(self) -> LedgerMeta: ...
 
     def journal_entries(self) -> Iterator[JournalEntry]: ...

@@ -413,6 +413,14 @@ class PostgresStore(SqlLedgerReads):
             # The writer lock, taken before any other read of this unit of work.
             yield _PostgresWriteUnit(connection, _read_meta(connection, lock=True))
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        # REPEATABLE READ: every statement of the transaction reads the snapshot its first one
+        # took (READ COMMITTED, the default, takes a new one per statement).
+        with self._connection.transaction():
+            self._connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield
+
     def meta(self) -> LedgerMeta:
         return _read_meta(self._connection, lock=False)
 

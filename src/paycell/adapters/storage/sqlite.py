@@ -668,9 +668,10 @@ class SqliteStore(SqlLedgerReads):
             raise
 
     @contextmanager
-    def _snapshot(self) -> Iterator[None]:
+    def snapshot(self) -> Iterator[None]:
         """Reads that must see one state of the database: one read transaction (or the one
-        already open)."""
+        already open). WAL keeps its pages for it while other processes commit; a checkpoint
+        cannot move past it until it ends, so the WAL file may grow meanwhile."""
         connection = self._connection
         if connection.in_transaction:
             yield
@@ -686,7 +687,7 @@ class SqliteStore(SqlLedgerReads):
     def _account_snapshot(self) -> Iterator[AccountChangeLog]:
         """Accounts read from `accounts` and the log's memory must come from one snapshot:
         another process may write the log back in between."""
-        with self._snapshot():
+        with self.snapshot():
             self.account_log.synchronize(self._connection)
             yield self.account_log
 
@@ -731,7 +732,7 @@ class SqliteStore(SqlLedgerReads):
         else:
             parts = (ledger_queries.filled_statement, ledger_queries.statement_tail)
         rows: list[Any] = []
-        with self._snapshot():
+        with self.snapshot():
             for part in parts:
                 rows += self._rows(*part(_SQLITE, account_filter, limit - len(rows)))
                 if len(rows) >= limit:
