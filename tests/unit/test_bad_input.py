@@ -8,10 +8,12 @@ import pytest
 from paycell import (
     BATCH_EVENTS_MAX,
     Account,
+    AccountFilter,
     BatchEmptyError,
     BatchTooLargeError,
     InvalidFieldError,
     Ledger,
+    QueryFilter,
     Transfer,
     TransferFlags,
 )
@@ -128,3 +130,36 @@ def test_lookups_reject_malformed_ids_by_name(ledger: Ledger) -> None:
         ledger.lookup_accounts([1, -1])
     with pytest.raises(BatchTooLargeError):
         ledger.lookup_transfers(list(range(1, BATCH_EVENTS_MAX + 2)))
+
+
+@pytest.mark.parametrize(
+    ("read", "field", "value", "message"),
+    [
+        ("get_account_transfers", "limit", -1, "must not be negative"),
+        ("get_account_transfers", "timestamp_max", 1 << 64, "must fit in 64 unsigned bits"),
+        ("get_account_balances", "account_id", -2, "must not be negative"),
+        ("get_account_transfers", "code", 1 << 16, "must fit in 16 unsigned bits"),
+        ("query_accounts", "limit", 1 << 32, "must fit in 32 unsigned bits"),
+        ("query_transfers", "ledger", "156", "must be an integer, got str"),
+        ("query_transfers", "timestamp_min", -1, "must not be negative"),
+    ],
+)
+def test_query_filters_reject_malformed_fields_by_name(
+    ledger: Ledger, read: str, field: str, value: object, message: str
+) -> None:
+    # A negative limit once reached SQLite as "no limit" and returned a wrong page.
+    if read.startswith("get_account"):
+        malformed: object = AccountFilter(account_id=1, limit=10)._replace(**{field: value})
+    else:
+        malformed = QueryFilter(limit=10)._replace(**{field: value})
+    with pytest.raises(InvalidFieldError, match=f"{field}: {message}") as raised:
+        getattr(ledger, read)(malformed)
+    assert raised.value.code == "invalid_field"
+    assert raised.value.field == field
+
+
+def test_well_formed_filters_that_match_nothing_select_nothing(ledger: Ledger) -> None:
+    # TigerBeetle's rule: a zero limit or no direction is not an error, it selects nothing.
+    assert ledger.get_account_transfers(AccountFilter(account_id=1, limit=0)) == []
+    assert ledger.get_account_transfers(AccountFilter(account_id=1, limit=5, flags=0)) == []
+    assert ledger.query_transfers(QueryFilter(limit=0)) == []

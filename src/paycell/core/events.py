@@ -20,7 +20,7 @@ from paycell.core.limits import (
     UINT64_MAX,
     UINT128_MAX,
 )
-from paycell.core.types import Account, Transfer
+from paycell.core.types import Account, AccountFilter, QueryFilter, Transfer
 
 ACCOUNT_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
     ("id", UINT128_MAX),
@@ -54,8 +54,35 @@ TRANSFER_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
     ("timestamp", UINT64_MAX),
 )
 
+# TigerBeetle's widths for its query filters.
+ACCOUNT_FILTER_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
+    ("account_id", UINT128_MAX),
+    ("user_data_128", UINT128_MAX),
+    ("user_data_64", UINT64_MAX),
+    ("user_data_32", UINT32_MAX),
+    ("code", UINT16_MAX),
+    ("timestamp_min", UINT64_MAX),
+    ("timestamp_max", UINT64_MAX),
+    ("limit", UINT32_MAX),
+    ("flags", UINT32_MAX),
+)
+
+QUERY_FILTER_FIELD_MAXIMUMS: Final[tuple[tuple[str, int], ...]] = (
+    ("user_data_128", UINT128_MAX),
+    ("user_data_64", UINT64_MAX),
+    ("user_data_32", UINT32_MAX),
+    ("ledger", UINT32_MAX),
+    ("code", UINT16_MAX),
+    ("timestamp_min", UINT64_MAX),
+    ("timestamp_max", UINT64_MAX),
+    ("limit", UINT32_MAX),
+    ("flags", UINT32_MAX),
+)
+
 assert tuple(name for name, _ in ACCOUNT_FIELD_MAXIMUMS) == Account._fields
 assert tuple(name for name, _ in TRANSFER_FIELD_MAXIMUMS) == Transfer._fields
+assert tuple(name for name, _ in ACCOUNT_FILTER_FIELD_MAXIMUMS) == AccountFilter._fields
+assert tuple(name for name, _ in QUERY_FILTER_FIELD_MAXIMUMS) == QueryFilter._fields
 
 
 def check_batch_size(count: int) -> None:
@@ -67,7 +94,7 @@ def check_batch_size(count: int) -> None:
         )
 
 
-def _normalize_field(name: str, value: object, maximum: int, index: int) -> int:
+def _normalize_field(name: str, value: object, maximum: int, index: int | None) -> int:
     # bool is an int subclass, and a float or Decimal amount must never be silently truncated.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidFieldError(
@@ -85,7 +112,7 @@ def _normalize_field(name: str, value: object, maximum: int, index: int) -> int:
 
 
 def _normalize_record(
-    record: object, index: int, fields: tuple[tuple[str, int], ...], kind: str
+    record: object, index: int | None, fields: tuple[tuple[str, int], ...], kind: str
 ) -> tuple[int, ...]:
     if not isinstance(record, tuple) or len(record) != len(fields):
         raise InvalidFieldError(
@@ -184,3 +211,21 @@ def validate_ids(ids: Sequence[object], field: str = "id") -> list[int]:
             f"a lookup takes at most {BATCH_EVENTS_MAX} ids; this one has {len(ids)}"
         )
     return [_normalize_field(field, value, UINT128_MAX, index) for index, value in enumerate(ids)]
+
+
+def validate_account_filter(account_filter: AccountFilter) -> AccountFilter:
+    """The filter with plain-int fields, or raise naming the first field outside its width.
+
+    A filter that is well-formed but can match nothing (a zero limit, no direction) is not an
+    error: it selects nothing (`paycell.core.queries`). A negative or too wide value is.
+    """
+    return AccountFilter(
+        *_normalize_record(account_filter, None, ACCOUNT_FILTER_FIELD_MAXIMUMS, "AccountFilter")
+    )
+
+
+def validate_query_filter(query_filter: QueryFilter) -> QueryFilter:
+    """As `validate_account_filter`, for `query_accounts` and `query_transfers`."""
+    return QueryFilter(
+        *_normalize_record(query_filter, None, QUERY_FILTER_FIELD_MAXIMUMS, "QueryFilter")
+    )

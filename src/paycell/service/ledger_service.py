@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 from paycell.core import state_machine
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState, merge_batches
-from paycell.core.events import validate_accounts, validate_ids, validate_transfers
+from paycell.core.events import (
+    validate_account_filter,
+    validate_accounts,
+    validate_ids,
+    validate_query_filter,
+    validate_transfers,
+)
 from paycell.core.limits import BATCH_EVENTS_MAX
 from paycell.core.queries import account_filter_is_valid, page_limit, query_filter_is_valid
 from paycell.core.results import CreateAccountResult, CreateTransferResult
@@ -310,11 +316,13 @@ class LedgerService:
         return [found[i] for i in wanted if i in found]
 
     def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
+        account_filter = validate_account_filter(account_filter)
         if not account_filter_is_valid(account_filter):
             return []
         return self.store.account_transfers(account_filter, page_limit(account_filter.limit))
 
     def get_account_balances(self, account_filter: AccountFilter) -> list[AccountBalance]:
+        account_filter = validate_account_filter(account_filter)
         if not account_filter_is_valid(account_filter):
             return []
         found = self.store.lookup_accounts({account_filter.account_id})
@@ -324,12 +332,14 @@ class LedgerService:
         return self.store.account_balances(account_filter, page_limit(account_filter.limit))
 
     def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        query_filter = validate_query_filter(query_filter)
         if not query_filter_is_valid(query_filter):
             return []
         self._expire_before_reading()
         return self.store.query_accounts(query_filter, page_limit(query_filter.limit))
 
     def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        query_filter = validate_query_filter(query_filter)
         if not query_filter_is_valid(query_filter):
             return []
         return self.store.query_transfers(query_filter, page_limit(query_filter.limit))
