@@ -281,6 +281,15 @@ def test_the_cli_names_a_database_from_a_newer_paycell(
             ],
             "statement_fills: the last fill is through",
         ),
+        (
+            # A fill slipped in between with a lower watermark: a statement up to transfer 5
+            # would stop at it and miss transfer 5.
+            [
+                "INSERT INTO statement_fills (fill, through) "
+                "SELECT 99, timestamp FROM transfers WHERE id = 5",
+            ],
+            "statement_fills: 1 fills do not reach past the fill before them",
+        ),
     ],
 )
 def test_verify_names_a_statement_index_that_lost_or_gained_a_row(

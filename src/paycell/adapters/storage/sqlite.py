@@ -19,7 +19,7 @@ numbers the fills in order (`statement_fills`, with each one's watermark): a fil
 end of the tables instead of inserting into every busy account's part of them, so its cost does
 not grow with the tables. A statement reads an account's run in each fill that can hold its
 time range, one index seek a fill, merged in order by SQLite; the transfers after
-`ledger_meta.statement_indexed_through` (the tail, at most that many) are found by scanning the
+`ledger_meta.statement_indexed_through` (the tail, about that many) are found by scanning the
 transfers table, which is ordered by timestamp. Both reads run in one read transaction, so a
 statement sees one consistent snapshot.
 """
@@ -67,10 +67,11 @@ _IN_CHUNK: Final = 16_384
 
 WAL_CHECKPOINT_PAGES: Final = 16_384
 WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
-# How many transfers wait in the statement tail before they are indexed together. A fill costs
-# about the same per transfer at any size (it appends a sorted run), so this trades the tail a
-# statement scans (up to this many transfers, about 1.5 ms here) against the fills a
-# statement seeks (one per this many transfers in its time range).
+# How many transfers wait in the statement tail before they are indexed together (the batch
+# that crosses it indexes them all, so the tail holds up to this many plus one batch). A fill
+# costs about the same per transfer at any size (it appends a sorted run), so this trades the
+# tail a statement scans (a full one costs a newest-first page about 1.2 ms here) against the
+# fills a statement seeks (one per this many transfers in its time range).
 STATEMENT_INDEX_EVERY: Final = 32_768
 
 _SCHEMA: Final = """
@@ -211,6 +212,12 @@ BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 """
 
 _STATEMENT_SIDES: Final = ("debit", "credit")
+
+# Each fill's range of timestamps: after the watermark of the fill before it, up to its own.
+_FILL_RANGES: Final = (
+    "SELECT fill, through, coalesce(lag(through) OVER (ORDER BY fill), 0) AS after "
+    "FROM statement_fills"
+)
 
 # Index the tail as fill number ?1, the transfers after ?2: each side's entries sorted by the
 # key, so they append to the end of the table.
@@ -747,7 +754,8 @@ class SqliteStore(SqlLedgerReads):
         return self._connection.execute(f"SELECT {columns} FROM {table} ORDER BY {key}")
 
     def storage_discrepancies(self) -> list[str]:
-        return self._statement_index_discrepancies() + self._account_log_discrepancies()
+        with self.snapshot():
+            return self._statement_index_discrepancies() + self._account_log_discrepancies()
 
     def _statement_index_discrepancies(self) -> list[str]:
         """The statement tables must hold exactly one row per side of every transfer up to
@@ -761,21 +769,29 @@ class SqliteStore(SqlLedgerReads):
             "SELECT count(*) FROM transfers WHERE timestamp <= ?", (watermark,)
         ).fetchone()
         found: list[str] = []
+        # Statements pick fills by their watermarks, so those must rise with the fill number,
+        # and the last must be the ledger's: a fill slipped in would hide rows from them.
         (last_fill,) = connection.execute(
-            "SELECT coalesce(max(through), 0) FROM statement_fills"
+            "SELECT coalesce((SELECT through FROM statement_fills ORDER BY fill DESC LIMIT 1), 0)"
         ).fetchone()
         if last_fill != watermark:
             found.append(
                 f"statement_fills: the last fill is through {last_fill}, the watermark is "
                 f"{watermark}"
             )
+        (out_of_order,) = connection.execute(
+            f"SELECT count(*) FROM ({_FILL_RANGES}) WHERE through <= after"
+        ).fetchone()
+        if out_of_order:
+            found.append(
+                f"statement_fills: {out_of_order} fills do not reach past the fill before them"
+            )
         for side in _STATEMENT_SIDES:
             # A row belongs to a recorded fill, after the fill before it and up to its own.
             (misfiled,) = connection.execute(
-                f"SELECT count(*) FROM statement_{side}s s "
-                "LEFT JOIN statement_fills f ON f.fill = s.fill "
-                "WHERE f.fill IS NULL OR s.timestamp > f.through OR s.timestamp <= "
-                "(SELECT coalesce(max(through), 0) FROM statement_fills WHERE fill < s.fill)"
+                f"WITH ranges AS ({_FILL_RANGES}) SELECT count(*) FROM statement_{side}s s "
+                "LEFT JOIN ranges f ON f.fill = s.fill "
+                "WHERE f.fill IS NULL OR s.timestamp > f.through OR s.timestamp <= f.after"
             ).fetchone()
             if misfiled:
                 found.append(f"statement_{side}s: {misfiled} rows are outside the fill they name")
