@@ -1,5 +1,7 @@
 """The OpenAPI document covers every route and error code; the docs page works offline."""
 
+import re
+
 from starlette.routing import Route
 
 from paycell.adapters.http.errors import ALL_ERROR_STATUS, PAYMENT_ERROR_STATUS
@@ -44,3 +46,17 @@ def test_docs_page_is_self_contained(sqlite_world: World) -> None:
     assert "/openapi.json" in page.text
     assert "http://" not in page.text
     assert "https://" not in page.text
+
+
+def test_every_path_parameter_is_declared(sqlite_world: World) -> None:
+    # A path template whose `{name}` is not declared is an invalid OpenAPI document: clients
+    # generated from it (and schemathesis) cannot call the route.
+    document = sqlite_world.client.get("/openapi.json").json()
+    for path, item in document["paths"].items():
+        in_template = set(re.findall(r"{(\w+)}", path))
+        for method, operation in item.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == in_template, (method, path)
+            assert all(
+                p["required"] for p in operation.get("parameters", []) if p["in"] == "path"
+            ), (method, path)

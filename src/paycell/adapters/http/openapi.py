@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document, written by hand: record schemas here, operations from the same
 table the app serves (so every route is documented), every error code with its status."""
 
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -326,6 +327,17 @@ def _error_responses(codes: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# Every parameter a route's path may hold; a path naming another fails to build the document.
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "order_id": {"schema": _INTEGER},
+    "event_id": {"schema": _INTEGER, "description": "the event's id, as in GET /v1/webhook-events"},
+    "day": {
+        "schema": {"type": "string", "format": "date", "example": "2024-11-11"},
+        "description": "a UTC day, YYYY-MM-DD",
+    },
+}
+
+
 def _operation(operation: Operation) -> dict[str, Any]:
     reference = {"$ref": f"#/components/schemas/{operation.response}"}
     schema: dict[str, Any] = reference
@@ -343,9 +355,12 @@ def _operation(operation: Operation) -> dict[str, Any]:
         }
     codes: list[str] = list(operation.errors)
     parameters: list[dict[str, Any]] = []
+    for name in re.findall(r"{(\w+)}", operation.path):
+        parameters.append({"name": name, "in": "path", "required": True, **_PATH_PARAMETERS[name]})
     if "{order_id}" in operation.path:
-        parameters.append({"name": "order_id", "in": "path", "required": True, "schema": _INTEGER})
         codes.append("order_not_found")
+    if "{day}" in operation.path:
+        codes.append("invalid_field")
     parameters += [
         {
             "name": field.name,
