@@ -180,12 +180,23 @@ def test_daily_settlement_pays_out_each_merchant_once(world: World) -> None:
         "/v1/admin/settlements", json={"day": "2024-11-11"}, headers=world.admin
     )
     assert first.status_code == 200, first.text
-    assert [p["amount"] for p in first.json()["payouts"]] == [12_00]
+    [payout] = first.json()["payouts"]
+    assert (payout["kind"], payout["amount"], payout["status"]) == ("payout", 12_00, "PENDING")
+    assert world.platform.bank.pending_instructions == 1
+
     second = world.client.post(
         "/v1/admin/settlements", json={"day": "2024-11-11"}, headers=world.admin
     )
-    assert [p["amount"] for p in second.json()["payouts"]] == [12_00]  # the same payout
-    world.deliver_callbacks()
+
+    assert second.status_code == 200, second.text
+    # The same payout again (same id, request number and channel reference), not a new one,
+    # and no second instruction to the bank.
+    assert second.json()["payouts"] == [payout]
+    assert world.platform.bank.pending_instructions == 1
+    payouts = world.client.get("/v1/payouts", headers=shop.headers).json()["data"]
+    assert [(p["id"], p["request_no"]) for p in payouts] == [(payout["id"], payout["request_no"])]
+    [answer] = world.deliver_callbacks()
+    assert answer["status"] == "SUCCEEDED"
     assert world.balance(shop) == 0
 
 
@@ -316,3 +327,22 @@ def test_merchant_reads_its_settlement_report_over_http(world: World) -> None:
     assert bad_day.json()["error"]["code"] == "invalid_field"
     as_buyer = world.client.get("/v1/settlements/2024-11-11", headers=buyer.headers)
     assert as_buyer.status_code == 403
+
+
+def test_settlement_days_beyond_the_ledgers_clock_are_invalid_not_errors(world: World) -> None:
+    # Found by fuzzing the OpenAPI document: a day whose nanoseconds pass what a ledger
+    # timestamp holds reached the ledger and answered 500.
+    shop = world.new_merchant()
+    last = world.client.get("/v1/settlements/2554-07-20", headers=shop.headers)
+    assert last.status_code == 200, last.text
+    assert last.json()["sales"] == 0
+    before = world.snapshot()
+    for day in ("2554-07-21", "9237-12-31", "1970-01-01"):
+        report = world.client.get(f"/v1/settlements/{day}", headers=shop.headers)
+        assert report.status_code == 422, (day, report.text)
+        assert report.json()["error"]["code"] == "invalid_field"
+        assert "from 1970-01-02 to 2554-07-20" in report.json()["error"]["message"]
+        settle = world.client.post("/v1/admin/settlements", json={"day": day}, headers=world.admin)
+        assert settle.status_code == 422, (day, settle.text)
+        assert settle.json()["error"]["code"] == "invalid_field"
+    assert world.snapshot() == before

@@ -4,9 +4,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from paycell.core.payments.records import ChannelRequestStatus, PaymentMode
+from paycell.core.errors import InvalidFieldError
+from paycell.core.payments.records import (
+    ChannelRequestKind,
+    ChannelRequestStatus,
+    PartyKind,
+    PaymentMode,
+)
 from paycell.platform import Platform
-from paycell.service.platform import PlatformConfig
+from paycell.service.platform import LAST_DAY_START, PlatformConfig
 
 SECOND = 1_000_000_000
 DAY = 86_400 * SECOND
@@ -72,14 +78,27 @@ def test_settlement_pays_the_day_out_once_and_the_next_report_shows_it(
     clock.now = DAY_ONE + DAY + 3_600 * SECOND
     first = platform.settle_day(DAY_ONE)
     assert [d.ok for d in first] == [True]
-    assert first[0].channel_requests[0].amount == 119_28
+    [payout] = first[0].channel_requests
+    assert (payout.kind, payout.party_kind, payout.party_id, payout.amount, payout.status) == (
+        ChannelRequestKind.PAYOUT,
+        PartyKind.MERCHANT,
+        shop,
+        119_28,
+        ChannelRequestStatus.PENDING,
+    )
     again = platform.settle_day(DAY_ONE)
     assert [d.replayed for d in again] == [True]
+    assert again[0].channel_requests == [payout]  # the same request, not a second one
     platform.deliver_bank_callbacks()
-    assert first[0].channel_requests[0].id is not None
-    request = platform.get_channel_request(first[0].channel_requests[0].id)
+    request = platform.get_channel_request(payout.id)
     assert request is not None
-    assert request.status is ChannelRequestStatus.SUCCEEDED
+    assert (request.kind, request.party_id, request.amount, request.status) == (
+        ChannelRequestKind.PAYOUT,
+        shop,
+        119_28,
+        ChannelRequestStatus.SUCCEEDED,
+    )
+    assert platform.list_channel_requests(PartyKind.MERCHANT, shop) == [request]
 
     day_two = platform.settlement_report(shop, DAY_ONE + DAY)
     assert day_two is not None
@@ -157,3 +176,19 @@ def test_settlement_never_pays_out_money_that_arrived_after_the_day(
     balance = platform.balance_of_merchant(shop.id)
     assert balance is not None
     assert balance.credits_posted - balance.debits_posted == 5_00
+
+
+@pytest.mark.parametrize("day_start", [LAST_DAY_START + DAY, -DAY, DAY + 1, 10**30])
+def test_a_day_the_ledger_cannot_hold_is_an_invalid_field(
+    platform: Platform, day_start: int
+) -> None:
+    # Beyond the last day whose nanoseconds fit a ledger timestamp, before the epoch, or not a
+    # midnight: named, not passed on to the ledger as a query it would refuse.
+    merchant = platform.create_merchant(
+        "shop", fee_rate_basis_points=60, settlement_bank_account="6222"
+    )
+    with pytest.raises(InvalidFieldError, match="day_start: must be a UTC midnight"):
+        platform.settlement_report(merchant.id, day_start)
+    with pytest.raises(InvalidFieldError, match="day_start"):
+        platform.settle_day(day_start)
+    assert platform.settlement_report(merchant.id, LAST_DAY_START) is not None

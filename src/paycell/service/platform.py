@@ -22,7 +22,8 @@ from typing import Final, NamedTuple, Protocol, cast
 
 from paycell.core.batch import CommittedBatch, LedgerMeta
 from paycell.core.currency import Currency, currency_for_code, currency_for_ledger
-from paycell.core.limits import QUERY_LIMIT_MAX
+from paycell.core.errors import InvalidFieldError
+from paycell.core.limits import QUERY_LIMIT_MAX, TIMESTAMP_MAX
 from paycell.core.payments import chart, flows
 from paycell.core.payments.outcomes import Decision, PaymentError, rejected
 from paycell.core.payments.records import (
@@ -1004,7 +1005,9 @@ class PlatformService:
         report.expired_pending_transfers = self.ledger.expire_pending_transfers()
         if self.config.daily_settlement:
             yesterday = now // NANOSECONDS_PER_DAY - 1
-            if self._settled_through_day is None or self._settled_through_day < yesterday:
+            if yesterday >= 0 and (
+                self._settled_through_day is None or self._settled_through_day < yesterday
+            ):
                 for currency in self.config.currencies:
                     for decision in self.settle_day(yesterday * NANOSECONDS_PER_DAY, currency):
                         report.payouts_started += int(decision.ok and not decision.replayed)
@@ -1059,6 +1062,7 @@ class PlatformService:
         every merchant with daily payout gets a payout of what it held at the end of that day
         (or what is still available, if less), numbered by the day, so a second run for the
         same day pays nothing twice."""
+        _check_day_start(day_start)
         day_number = day_start // NANOSECONDS_PER_DAY
         decisions: list[Decision] = []
         after_id = 0
@@ -1125,6 +1129,7 @@ class PlatformService:
         plus each sale's order for its fee, so the report is what the money did, not what the
         records say it should have done; `balanced` checks the two agree.
         """
+        _check_day_start(day_start)
         currency_record = self._currency(currency)
         if currency_record is None or self.store.merchant(merchant_id) is None:
             return None
@@ -1229,6 +1234,27 @@ class PlatformService:
         if code.upper() not in self.config.currencies:
             return None
         return currency_for_code(code)
+
+
+# The last day whose every nanosecond is a ledger timestamp: reports and settlements of a
+# later day would ask the ledger for timestamps it cannot hold.
+LAST_DAY_START: Final = (TIMESTAMP_MAX + 1) // NANOSECONDS_PER_DAY * NANOSECONDS_PER_DAY - (
+    NANOSECONDS_PER_DAY
+)
+
+
+def _check_day_start(day_start: int) -> None:
+    if (
+        isinstance(day_start, bool)
+        or not isinstance(day_start, int)
+        or not 0 <= day_start <= LAST_DAY_START
+        or day_start % NANOSECONDS_PER_DAY
+    ):
+        raise InvalidFieldError(
+            f"must be a UTC midnight in nanoseconds since the epoch, at most {LAST_DAY_START}, "
+            f"got {day_start!r}",
+            field="day_start",
+        )
 
 
 def _gather(records: Decision, decision: Decision) -> None:

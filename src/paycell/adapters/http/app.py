@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Final, NamedTuple
 
 from starlette.applications import Starlette
@@ -78,7 +78,12 @@ from paycell.core.payments.flows import OUT_TRADE_NO_LENGTH_MAX, TIMEOUT_SECONDS
 from paycell.core.payments.outcomes import Decision, PaymentError
 from paycell.core.payments.records import Order, PartyKind, PaymentMode
 from paycell.platform import Platform
-from paycell.service.platform import NANOSECONDS_PER_DAY, OrderAction, OrderCommand
+from paycell.service.platform import (
+    LAST_DAY_START,
+    NANOSECONDS_PER_DAY,
+    OrderAction,
+    OrderCommand,
+)
 from paycell.service.platform_ports import IdempotencyRecord
 from paycell.service.webhooks import WebhookEventNotFoundError
 
@@ -213,15 +218,23 @@ def run_scheduler(call: Call) -> Reply:
     )
 
 
+_EPOCH_DAY: Final = date(1970, 1, 1)
+# The last day whose every nanosecond is a ledger timestamp.
+_LAST_DAY: Final = _EPOCH_DAY + timedelta(days=LAST_DAY_START // NANOSECONDS_PER_DAY)
+
+
 def _day(text: str) -> tuple[date, int]:
     """A UTC day as YYYY-MM-DD, and its first nanosecond."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
         raise ApiError(INVALID_FIELD, "day: must be a date as YYYY-MM-DD") from None
-    if len(text) != 10 or day < date(1970, 1, 2):
-        raise ApiError(INVALID_FIELD, "day: must be a date as YYYY-MM-DD after 1970-01-01")
-    return day, (day - date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
+    if len(text) != 10 or not date(1970, 1, 2) <= day <= _LAST_DAY:
+        raise ApiError(
+            INVALID_FIELD,
+            f"day: must be a date as YYYY-MM-DD from 1970-01-02 to {_LAST_DAY.isoformat()}",
+        )
+    return day, (day - _EPOCH_DAY).days * NANOSECONDS_PER_DAY
 
 
 def run_settlement(call: Call) -> Reply:
