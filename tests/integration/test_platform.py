@@ -159,6 +159,23 @@ def state(platform: Platform, users: list[User], merchants: list[Merchant]) -> t
     )
 
 
+def everything(
+    platform: Platform, users: list[User], merchants: list[Merchant]
+) -> tuple[object, ...]:
+    """The whole stored state (every ledger account and transfer, every order), the named
+    parties' channel requests and webhook events, and what the bank was asked to do."""
+    return (
+        state(platform, users, merchants),
+        list(platform.store.all_accounts()),
+        list(platform.store.all_transfers()),
+        list(platform.store.all_orders()),
+        [platform.list_channel_requests(PartyKind.USER, u.id) for u in users],
+        [platform.list_channel_requests(PartyKind.MERCHANT, m.id) for m in merchants],
+        [platform.webhook_events(m.id) for m in merchants],
+        platform.bank.pending_instructions,
+    )
+
+
 # ------------------------------------------------------------------------- top-up, withdraw
 
 
@@ -327,24 +344,36 @@ def test_order_created_again_is_the_same_order(platform: Platform) -> None:
 def test_bad_orders_are_rejected(platform: Platform) -> None:
     merchant = shop(platform)
     buyer = buyer_with(platform, 10_00)
-    assert platform.create_order(999, "T", 1).error is PaymentError.MERCHANT_NOT_FOUND
-    assert platform.create_order(merchant.id, "T", 0).error is PaymentError.INVALID_AMOUNT
-    assert platform.create_order(merchant.id, "T", -1).error is PaymentError.INVALID_AMOUNT
-    assert (
-        platform.create_order(merchant.id, "T", 1, currency="EUR").error
-        is PaymentError.UNSUPPORTED_CURRENCY
-    )
+    order_id = order_of(platform, merchant, 1_00)
+    before = everything(platform, [buyer], [merchant])
+    unknown = 999
+    rejections: list[tuple[Decision, PaymentError]] = [
+        (platform.create_order(unknown, "T", 1), PaymentError.MERCHANT_NOT_FOUND),
+        (platform.create_order(merchant.id, "T", 0), PaymentError.INVALID_AMOUNT),
+        (platform.create_order(merchant.id, "T", -1), PaymentError.INVALID_AMOUNT),
+        (
+            platform.create_order(merchant.id, "T", 1, currency="EUR"),
+            PaymentError.UNSUPPORTED_CURRENCY,
+        ),
+    ]
     for field in ("timeout_seconds", "auto_confirm_seconds"):
         for seconds in (0, -1):
             bad = platform.create_order(merchant.id, "T", 1, **{field: seconds})  # type: ignore[arg-type]
-            assert bad.error is PaymentError.INVALID_FIELD, (field, seconds)
-    order_id = order_of(platform, merchant, 1_00)
-    assert platform.pay_order(order_id, 999).error is PaymentError.USER_NOT_FOUND
-    assert platform.pay_order(999, buyer.id).error is PaymentError.ORDER_NOT_FOUND
-    assert platform.request_top_up(999, "x", 1).error is PaymentError.USER_NOT_FOUND
-    assert platform.request_payout(999, "x", 1).error is PaymentError.MERCHANT_NOT_FOUND
-    assert platform.request_top_up(buyer.id, "x", 0).error is PaymentError.INVALID_AMOUNT
-    assert platform.list_orders(merchant.id) != []
+            rejections.append((bad, PaymentError.INVALID_FIELD))
+    rejections += [
+        (platform.pay_order(order_id, unknown), PaymentError.USER_NOT_FOUND),
+        (platform.pay_order(unknown, buyer.id), PaymentError.ORDER_NOT_FOUND),
+        (platform.request_top_up(unknown, "x", 1), PaymentError.USER_NOT_FOUND),
+        (platform.request_payout(unknown, "x", 1), PaymentError.MERCHANT_NOT_FOUND),
+        (platform.request_top_up(buyer.id, "x", 0), PaymentError.INVALID_AMOUNT),
+    ]
+    assert [decision.error for decision, _ in rejections] == [error for _, error in rejections]
+    assert all(decision.message for decision, _ in rejections)
+    assert everything(platform, [buyer], [merchant]) == before
+    assert [o.id for o in platform.list_orders(merchant.id)] == [order_id]
+    assert platform.list_orders(unknown) == []
+    assert platform.list_channel_requests(PartyKind.USER, unknown) == []
+    assert platform.list_channel_requests(PartyKind.MERCHANT, unknown) == []
     assert wallet(platform, buyer) == 10_00
 
 
@@ -568,10 +597,10 @@ def test_full_refund_returns_the_whole_fee_and_closes_the_trade(platform: Platfo
     assert wallet(platform, buyer) == 100_00
     assert merchant_balance(platform, merchant) == 0
     assert books(platform) == Books(escrow=0, fees=0, channel=100_00, channel_pending=0)
+    before = everything(platform, [buyer], [merchant])
     assert platform.refund(direct, merchant.id, "R-3", 1).error is PaymentError.ORDER_ALREADY_CLOSED
-    assert platform.confirm_receipt(escrow, buyer.id).error is (
-        PaymentError.ESCROW_ALREADY_RELEASED
-    )
+    assert platform.confirm_receipt(escrow, buyer.id).error is PaymentError.ORDER_ALREADY_CLOSED
+    assert everything(platform, [buyer], [merchant]) == before
 
 
 def test_several_partial_refunds_never_exceed_the_order(platform: Platform) -> None:

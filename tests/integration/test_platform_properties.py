@@ -486,10 +486,10 @@ class PlatformMachine(RuleBasedStateMachine):
         decision = self.platform.confirm_receipt(order.id, buyer)
         if order.mode is PaymentMode.DIRECT:
             self.expect(decision, E.ORDER_NOT_ESCROW)
+        elif order.status == "TRADE_CLOSED":  # cancelled or expired unpaid, or fully refunded
+            self.expect(decision, E.ORDER_ALREADY_CLOSED)
         elif order.status == "WAIT_BUYER_PAY":
             self.expect(decision, E.ORDER_NOT_PAID)
-        elif order.buyer == 0:  # closed unpaid
-            self.expect(decision, E.ORDER_NOT_PAID, E.ORDER_ALREADY_CLOSED, E.NOT_THE_BUYER)
         elif buyer != order.buyer:
             self.expect(decision, E.NOT_THE_BUYER)
         elif order.escrow != "held":

@@ -487,6 +487,31 @@ def test_confirming_is_rejected(order_kind: str, buyer_id: int, error: PaymentEr
     assert decision.transfers == []
 
 
+@pytest.mark.parametrize("buyer_id", [BUYER.id, OTHER_BUYER.id, None])
+@pytest.mark.parametrize("closed_kind", ["cancelled_unpaid", "refunded_held", "refunded_released"])
+def test_confirming_a_closed_escrow_order_is_rejected_as_closed(
+    closed_kind: str, buyer_id: int | None
+) -> None:
+    """Closed is final: whoever asks (the buyer, someone else, the scheduler) gets
+    `order_already_closed`, as paying or refunding a closed order does, and nothing moves."""
+    if closed_kind == "cancelled_unpaid":
+        unpaid = new_order(mode=PaymentMode.ESCROW)
+        closed = ok(flows.close_order(order=unpaid, now=T0 + NS, reason="cancelled")).orders[0]
+    else:
+        paid = (
+            paid_order(mode=PaymentMode.ESCROW)
+            if closed_kind == "refunded_held"
+            else released_order()
+        )
+        closed = ok(do_refund(paid, paid.amount)).orders[0]
+    assert closed.status is OrderStatus.TRADE_CLOSED
+    decision = flows.confirm_receipt(order=closed, buyer_id=buyer_id, now=T0 + 3 * DAY)
+    assert decision.error is PaymentError.ORDER_ALREADY_CLOSED
+    assert decision.message == f"order {closed.id} is closed"
+    assert decision.transfers == []
+    assert decision.orders == []
+
+
 def test_refund_request_pauses_auto_confirm_and_rejection_resumes_it() -> None:
     order = paid_order(mode=PaymentMode.ESCROW, now=T0)  # auto-confirm at T0 + 10 days
     assert order.auto_confirm_at == T0 + 10 * DAY

@@ -315,10 +315,14 @@ def _release_legs(order: Order) -> list[Transfer]:
 def confirm_receipt(*, order: Order, buyer_id: int | None, now: int) -> Decision:
     """Release escrow to the merchant (minus the fee): the buyer confirmed, or time ran out.
 
-    `buyer_id` None means the scheduler's auto-confirm.
+    `buyer_id` None means the scheduler's auto-confirm. A closed order (cancelled or expired
+    unpaid, or fully refunded) is rejected as closed whoever asks, as `pay_order` and `refund`
+    reject it.
     """
     if order.mode is not PaymentMode.ESCROW:
         return rejected(PaymentError.ORDER_NOT_ESCROW, f"order {order.id} is not an escrow order")
+    if order.status is OrderStatus.TRADE_CLOSED:
+        return rejected(PaymentError.ORDER_ALREADY_CLOSED, f"order {order.id} is closed")
     if order.status is OrderStatus.WAIT_BUYER_PAY:
         return rejected(PaymentError.ORDER_NOT_PAID, f"order {order.id} is not paid")
     if buyer_id is not None and buyer_id != order.buyer_id:
