@@ -16,13 +16,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from paycell import Account
 from paycell.adapters.alipay import AlipayGateway, AlipayNotifier, signing
 from paycell.adapters.alipay import gateway as gw
 from paycell.adapters.alipay.gateway import parse_yuan
-from paycell.adapters.alipay.store import DELIVERED, FAILED, PENDING
+from paycell.adapters.alipay.store import DELIVERED, FAILED
 from paycell.adapters.cli.main import main
 from paycell.adapters.http import create_app
-from paycell.core.payments.records import PartyKind
+from paycell.core.payments.records import Order, PartyKind
 from paycell.core.payments.webhook_schedule import MAX_ATTEMPTS
 from paycell.platform import Platform
 from tests.alipay.conftest import ADMIN_KEY, Clock
@@ -462,7 +463,11 @@ def test_notifications_give_up_after_eight_tries_over_about_25_hours(direct: Dir
     times = [datetime.strptime(r["notify_time"], gw.TIME_FORMAT) for r in receiver.received]
     hours = (times[-1] - times[0]).total_seconds() / 3600
     assert 24.4 <= hours < 28  # 4 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h (30 min ticks)
-    assert stored.status != PENDING
+    # Given up for good: however long one waits, nothing is tried or queued again.
+    direct.clock.advance(7 * 24 * 3600)
+    notifier.run_once()
+    assert len(receiver.received) == 8
+    assert direct.gateway.store.notifications_of_order(order.id) == [stored]
 
 
 # ------------------------------------------------------------------------ HTTP and CLI
@@ -588,9 +593,20 @@ def test_cli_register_platform_key_payment_code_and_scan(
     url = f"http://127.0.0.1:8080/alipay/cashier/{gw.trade_no(order)}"
     capsys.readouterr()
     assert main(["alipay", "--database", database, "scan", "--api-key", user_key, url]) == 0
-    assert json.loads(capsys.readouterr().out)["trade_status"] == "TRADE_SUCCESS"
-    # Scanning again is the same payment (a replay); an unknown trade is refused.
+    first = json.loads(capsys.readouterr().out)
+    assert first["trade_status"] == "TRADE_SUCCESS"
+
+    def wallet_and_orders() -> tuple[Account | None, list[Order]]:
+        with Platform(database) as platform:
+            return platform.balance_of_user(user.id), platform.list_orders(merchant.id)
+
+    wallet, orders = wallet_and_orders()
+    assert wallet is not None and wallet.debits_posted == 3_00
+    # Scanning again is the same payment (a replay): the buyer is not charged twice.
     assert main(["alipay", "--database", database, "scan", "--api-key", user_key, url]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert wallet_and_orders() == (wallet, orders)
+    # An unknown trade is refused.
     unknown = url[:-1] + "9"
     assert main(["alipay", "--database", database, "scan", "--api-key", user_key, unknown]) == 1
 

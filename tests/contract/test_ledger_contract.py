@@ -360,12 +360,25 @@ def test_pending_transfer_is_posted_or_voided_once(ledger: Ledger) -> None:
     void = TransferFlags.VOID_PENDING_TRANSFER
     assert apply(ledger, cny_transfer(11, 1, 2, 200, pending_id=10, flags=post)) == ["ok"]
     assert apply(ledger, cny_transfer(21, 1, 2, 0, pending_id=20, flags=void)) == ["ok"]
-    assert apply(ledger, cny_transfer(12, 1, 2, 100, pending_id=10, flags=post)) == [
-        "pending_transfer_already_posted"
-    ]
     payer, payee = ledger.lookup_accounts([1, 2])
     assert (payer.debits_pending, payer.debits_posted) == (0, 200)
     assert (payee.credits_pending, payee.credits_posted) == (0, 200)
+
+    # Once posted or voided, a pending transfer is settled: neither can follow, in either order.
+    assert apply(
+        ledger,
+        cny_transfer(12, 1, 2, 100, pending_id=10, flags=post),
+        cny_transfer(13, 1, 2, 0, pending_id=10, flags=void),
+        cny_transfer(22, 1, 2, 0, pending_id=20, flags=void),
+        cny_transfer(23, 1, 2, 50, pending_id=20, flags=post),
+    ) == [
+        "pending_transfer_already_posted",
+        "pending_transfer_already_posted",
+        "pending_transfer_already_voided",
+        "pending_transfer_already_voided",
+    ]
+    assert ledger.lookup_accounts([1, 2]) == [payer, payee]
+    assert ledger.lookup_transfers([12, 13, 22, 23]) == []
 
 
 # Exactly once across batches and restarts ----------------------------------------------------
@@ -553,6 +566,8 @@ def test_time_bounds_beyond_the_largest_timestamp_act_as_unbounded(ledger: Ledge
     assert apply(ledger, cny_transfer(1, 1, 2, 5)) == ["ok"]
     far_future = 2**64 - 2  # The largest valid bound: only 2**64 - 1 is reserved.
 
-    assert [t.id for t in ledger.query_transfers(QueryFilter(timestamp_max=far_future, limit=5))]
-    assert statement_ids(ledger, AccountFilter(account_id=1, timestamp_max=far_future, limit=5))
+    up_to_far_future = QueryFilter(timestamp_max=far_future, limit=5)
+    assert [t.id for t in ledger.query_transfers(up_to_far_future)] == [1]
+    statement = AccountFilter(account_id=1, timestamp_max=far_future, limit=5)
+    assert statement_ids(ledger, statement) == [1]
     assert ledger.query_accounts(QueryFilter(timestamp_min=far_future, limit=5)) == []

@@ -496,16 +496,20 @@ def violate(store: PlatformStore, *records: Decision, ledger_account: int = 0) -
     fails(store, write)
 
 
-def nothing_new(store: PlatformStore, ledger_account: int, batch_number: int) -> None:
+def nothing_new(store: PlatformStore, *, ledger_account: int | None = None) -> None:
+    """The failed unit's writes before its violation are gone: user 99 and, when the unit
+    wrote one, the ledger batch that created `ledger_account`."""
     assert store.user(99) is None
-    assert store.lookup_accounts([ledger_account]) == {}
-    assert store.meta().batch_number == batch_number
+    if ledger_account is not None:
+        assert store.lookup_accounts([ledger_account]) == {}
+        assert store.meta().batch_number == 0
 
 
 def test_an_out_trade_no_is_unique_per_merchant(store: PlatformStore) -> None:
     save(store, orders=[an_order(1)])
     violate(store, Decision(orders=[an_order(2, out_trade_no="T-1")]), ledger_account=7)
-    nothing_new(store, 7, 0)
+    nothing_new(store, ledger_account=7)
+    assert store.order(2) is None
     # The same number at another merchant is another order.
     save(store, orders=[an_order(2, merchant_id=2, out_trade_no="T-1")])
     assert store.order_by_out_trade_no(2, "T-1") == an_order(2, merchant_id=2, out_trade_no="T-1")
@@ -521,7 +525,7 @@ def test_an_out_request_no_is_unique_per_order_and_refunds_are_inserted_once(
     save(store, refunds=[a_refund(1)])
     violate(store, Decision(refunds=[a_refund(2, out_request_no="R-1")]), ledger_account=7)
     violate(store, Decision(refunds=[a_refund(1, out_request_no="R-other")]))
-    nothing_new(store, 7, 0)
+    nothing_new(store, ledger_account=7)
     save(store, refunds=[a_refund(2, order_id=2, out_request_no="R-1")])
     assert store.refunds_of_order(1) == [a_refund(1)]
     assert store.refunds_of_order(2) == [a_refund(2, order_id=2, out_request_no="R-1")]
@@ -530,7 +534,8 @@ def test_an_out_request_no_is_unique_per_order_and_refunds_are_inserted_once(
 def test_a_request_no_is_unique_per_party_and_kind(store: PlatformStore) -> None:
     save(store, channel_requests=[a_channel_request(1)])
     violate(store, Decision(channel_requests=[a_channel_request(2, request_no="Q-1")]))
-    nothing_new(store, 7, 0)
+    nothing_new(store)
+    assert store.channel_request(2) is None
     others = [
         a_channel_request(2, request_no="Q-1", party_kind=PartyKind.MERCHANT),
         a_channel_request(3, request_no="Q-1", party_id=2),
@@ -549,7 +554,7 @@ def test_a_channel_reference_is_unique_once_known(store: PlatformStore) -> None:
         Decision(channel_requests=[a_channel_request(2, channel_reference="BANK-1")]),
         ledger_account=7,
     )
-    nothing_new(store, 7, 0)
+    nothing_new(store, ledger_account=7)
     assert store.channel_request(2) == a_channel_request(2)
 
 
@@ -570,7 +575,7 @@ def test_events_api_keys_and_idempotency_records_are_inserted_once(store: Platfo
 
     fails(store, another_key_with_the_same_hash)
     fails(store, a_second_record_for_the_key)
-    nothing_new(store, 7, 0)
+    nothing_new(store)
     assert store.party_for_api_key("ab" * 32) == (MERCHANT, 1)
     assert store.idempotency_record(MERCHANT, 1, "key-1") == IdempotencyRecord(
         MERCHANT, 1, "key-1", "cd" * 32, 200, "", T
@@ -927,7 +932,8 @@ def test_an_exception_in_the_unit_leaves_nothing(store: PlatformStore) -> None:
 
     fails(store, write_everything_then_fail, RuntimeError)
     nothing_of_the_platform_is_there(store)
-    nothing_new(store, 7, 0)
+    assert store.lookup_accounts([7]) == {}
+    assert store.meta().batch_number == 0
     with store.write() as unit:
         assert unit.idempotency_record(MERCHANT, 1, "k") is None
         assert unit.next_id("order") == 1

@@ -52,7 +52,9 @@ def test_bulk_pay_gives_each_item_its_result(world: World) -> None:
     assert world.wallet(alice) == 70_00
     assert world.wallet(bob) == 10_00
     # The refused order was closed, and bob's code was given back: it pays a cheaper one.
-    assert world.platform.get_order_by_out_trade_no(shop.id, "B-2").status.value == "TRADE_CLOSED"
+    refused = world.platform.get_order_by_out_trade_no(shop.id, "B-2")
+    assert refused is not None
+    assert refused.status.value == "TRADE_CLOSED"
     again = _bulk(
         world,
         shop,
@@ -88,41 +90,58 @@ def test_bulk_pay_resent_answers_paid_items_again(world: World) -> None:
     assert world.wallet(alice) == 70_00
 
 
-def test_bulk_pay_limits_and_authorization(sqlite_world: World) -> None:
+def test_bad_bulk_requests_are_refused_whole_and_change_nothing(sqlite_world: World) -> None:
     world = sqlite_world
     shop = world.new_merchant()
     alice = world.new_user()
-    item = {"out_trade_no": "L", "amount": 1, "payment_code": "281234567890123456"}
-    too_many = _bulk(world, shop, [item] * (BULK_ITEMS_MAX + 1))
-    assert too_many.status_code == 413
-    assert too_many.json()["error"]["code"] == "too_many_items"
-    assert _bulk(world, shop, []).status_code == 422
-    assert (
-        world.client.post(
+    world.top_up(alice, 10_00)
+    # A payable item: a request taken in spite of its fault would pay it with alice's code.
+    item = {"out_trade_no": "L", "amount": 1_00, "payment_code": _code(world, alice)}
+    client = world.client
+    before = world.snapshot()
+
+    refused = {
+        "too many items": _bulk(world, shop, [item] * (BULK_ITEMS_MAX + 1)),
+        "no items": _bulk(world, shop, []),
+        "an unknown field": client.post(
             "/v1/orders/bulk-pay", json={"items": [item], "extra": 1}, headers=shop.headers
-        ).status_code
-        == 422
-    )
-    assert (
-        world.client.post("/v1/orders/bulk-pay", content=b"[1,2", headers=shop.headers).json()[
-            "error"
-        ]["code"]
-        == "malformed_json"
-    )
-    # Only merchants; a user cannot submit payments in bulk.
-    assert _bulk(world, alice, [item]).status_code == 403
-    assert world.client.post("/v1/orders/bulk-pay", json={"items": [item]}).status_code == 401
-    # A thousand items fit the body limit.
+        ),
+        "malformed JSON": client.post("/v1/orders/bulk-pay", content=b"[1,2", headers=shop.headers),
+        # Only merchants; a user cannot submit payments in bulk.
+        "a user's key": _bulk(world, alice, [item]),
+        "no key": client.post("/v1/orders/bulk-pay", json={"items": [item]}),
+    }
+
+    assert {name: (r.status_code, r.json()["error"]["code"]) for name, r in refused.items()} == {
+        "too many items": (413, "too_many_items"),
+        "no items": (422, "invalid_field"),
+        "an unknown field": (422, "invalid_field"),
+        "malformed JSON": (400, "malformed_json"),
+        "a user's key": (403, "forbidden"),
+        "no key": (401, "unauthorized"),
+    }
+    assert world.snapshot() == before
+    # Nor was alice's one-time code used up: the same item, sent properly, pays with it.
+    paid = _bulk(world, shop, [item])
+    assert [r["code"] for r in paid.json()["results"]] == ["ok"]
+    assert world.wallet(alice) == 9_00
+
+
+def test_bulk_pay_takes_up_to_its_item_limit(sqlite_world: World) -> None:
+    world = sqlite_world
+    shop = world.new_merchant()
+    # A thousand items fit the body limit: each is answered (here, refused: unknown codes).
     full = _bulk(
         world,
         shop,
         [
-            {**item, "out_trade_no": f"L-{i}", "payment_code": f"28{i:016d}"}
+            {"out_trade_no": f"L-{i}", "amount": 1, "payment_code": f"28{i:016d}"}
             for i in range(BULK_ITEMS_MAX)
         ],
     )
     assert full.status_code == 200
-    assert full.json()["failed"] == BULK_ITEMS_MAX
+    assert (full.json()["paid"], full.json()["failed"]) == (0, BULK_ITEMS_MAX)
+    assert {r["code"] for r in full.json()["results"]} == {"invalid_payment_code"}
 
 
 def test_bulk_pay_with_an_idempotency_key_replays(sqlite_world: World) -> None:

@@ -6,12 +6,16 @@ lock (as one slow platform call would) while the requests queue, then lets go; t
 drains them all into one group. No assertion is about time."""
 
 import json
+import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from paycell.adapters.http import create_app
 from paycell.adapters.http.group_commit import GroupCommitConfig, GroupCommitter
 from paycell.adapters.http.idempotency import REPLAYED_HEADER
 from paycell.adapters.http.metrics import Metrics
+from paycell.adapters.storage.sqlite import SqliteStore, encode
 from paycell.core.currency import currency_for_code
 from paycell.core.payments import chart
 from paycell.core.payments.records import OrderStatus
@@ -32,6 +37,13 @@ from paycell.platform import Platform
 from tests.e2e.conftest import ADMIN_KEY, Clock, Party, World
 
 FEE_BASIS_POINTS = 60
+# Order amounts whose 0.60% fee needs rounding (half to even): 7_50 -> 4.5 -> 4 and
+# 17_50 -> 10.5 -> 10 (down to even), 12_50 -> 7.5 -> 8 (up to even), 10_84 -> 6.504 -> 7,
+# 10_83 -> 6.498 -> 6, 10_00 -> 6 exactly.
+AMOUNTS = (10_00, 7_50, 12_50, 10_84, 10_83, 17_50)
+
+# A payment to send: (order id, buyer, extra headers).
+Payment = tuple[int | str, Party, dict[str, str]]
 
 
 @dataclass
@@ -41,7 +53,7 @@ class Server:
     groups: GroupCommitter
     metrics: Metrics
 
-    def pay_together(self, requests: list[tuple[int | str, Party, dict[str, str]]]) -> list[Any]:
+    def pay_together(self, requests: Sequence[Payment]) -> list[Any]:
         """Send the payments at once and let them through the lock only when all are queued:
         (order id, buyer, extra headers) -> responses in the same order."""
         responses: list[Any] = [None] * len(requests)
@@ -59,22 +71,28 @@ class Server:
             for queued, thread in enumerate(threads, start=1):
                 # One at a time, so the group holds them in the order given.
                 thread.start()
-                _wait_for(lambda queued=queued: self.groups.depth() == queued)
+                _wait_for(partial(self._queue_holds, queued))
         for thread in threads:
             thread.join(timeout=30)
             assert not thread.is_alive()
         return responses
 
+    def _queue_holds(self, count: int) -> bool:
+        return self.groups.depth() == count
+
     def buyers_with_orders(
         self, shop: Party, count: int, money: int = 100_00
     ) -> list[tuple[Party, int, int]]:
-        """(buyer, order id, amount) for `count` buyers, each topped up with `money`."""
+        """(buyer, order id, amount) for `count` buyers, each topped up with `money`; the
+        amounts go through `AMOUNTS`, plus 10.00 a round so that they differ (which adds
+        exactly 6 to the fee: the rounding stays the same)."""
         result = []
         for number in range(count):
             buyer = self.world.new_user(f"buyer {number}")
             if money:
                 self.world.top_up(buyer, money, request_no=f"top-up-{number}")
-            amount = 10_00 + number
+            rounds, index = divmod(number, len(AMOUNTS))
+            amount = AMOUNTS[index] + 10_00 * rounds
             result.append((buyer, self.world.create_order(shop, f"G-{number}", amount), amount))
         return result
 
@@ -116,7 +134,12 @@ def sqlite_server(sqlite_url: str) -> Iterator[Server]:
 
 
 def _net(amount: int) -> int:
-    return amount - amount * FEE_BASIS_POINTS // 10_000
+    """What the merchant is credited for a payment: the amount less its fee, rounded half to
+    even (worked out here with Decimal, independently of core/money.py)."""
+    fee = (Decimal(amount) * FEE_BASIS_POINTS / 10_000).quantize(
+        Decimal(1), rounding=ROUND_HALF_EVEN
+    )
+    return amount - int(fee)
 
 
 def _journal(platform: Platform) -> list[Any]:
@@ -168,7 +191,7 @@ def test_lone_payment_is_not_delayed_by_group_commit(sqlite_server: Server) -> N
 def test_grouped_payment_replays_with_same_idempotency_key(server: Server) -> None:
     world = server.world
     shop = world.new_merchant()
-    (buyer, order, _), (_, other_order, _) = server.buyers_with_orders(shop, 2)
+    (buyer, order, amount), (_, other_order, _) = server.buyers_with_orders(shop, 2)
     other_buyer = world.users[1]
     key = {"Idempotency-Key": "pay-once"}
 
@@ -194,7 +217,7 @@ def test_grouped_payment_replays_with_same_idempotency_key(server: Server) -> No
     later = world.client.post(f"/v1/orders/{order}/pay", headers={**buyer.headers, **key})
     assert (later.status_code, later.text) == (200, first.text)
     assert later.headers[REPLAYED_HEADER] == "true"
-    assert world.wallet(buyer) == 100_00 - 10_00
+    assert world.wallet(buyer) == 100_00 - amount
 
 
 def test_failing_payment_in_a_group_does_not_affect_others(server: Server) -> None:
@@ -205,7 +228,7 @@ def test_failing_payment_in_a_group_does_not_affect_others(server: Server) -> No
     world.top_up(poor, 5_00, request_no="poor-top-up")
     dear = world.create_order(shop, "DEAR", 50_00)
     key = {"Idempotency-Key": "poor-try"}
-    requests = [(order, buyer, {}) for buyer, order, _ in payments]
+    requests: list[Payment] = [(order, buyer, {}) for buyer, order, _ in payments]
     requests.insert(2, (dear, poor, key))
 
     responses = server.pay_together(requests)
@@ -226,24 +249,46 @@ def test_failing_payment_in_a_group_does_not_affect_others(server: Server) -> No
     assert paid.status_code == 200
 
 
+def _balance_writes(store_path: Path, account_id: int) -> int:
+    """How many times the ledger has written the account's balances: on SQLite each batch
+    appends one `account_changes` row per account it changed (sqlite_account_log.py), and the
+    log is written back and emptied only after 32,768 rows, far more than a test makes."""
+    with closing(sqlite3.connect(store_path)) as connection:
+        (count,) = connection.execute(
+            "SELECT count(*) FROM account_changes WHERE id = ?", (encode(account_id),)
+        ).fetchone()
+    return int(count)
+
+
 def test_hot_merchant_payments_in_a_group_update_its_balance_once_per_batch(
-    server: Server,
+    sqlite_url: str,
 ) -> None:
-    world = server.world
-    shop = world.new_merchant(fee_rate_basis_points=FEE_BASIS_POINTS)
-    payments = server.buyers_with_orders(shop, 24)
-    journal_before = _journal(world.platform)
+    # Groups of at most 8: the 24 queued payments are paid in three groups, three batches.
+    with _open(sqlite_url, group_commit=GroupCommitConfig(size_max=8)) as server:
+        world = server.world
+        shop = world.new_merchant(fee_rate_basis_points=FEE_BASIS_POINTS)
+        payments = server.buyers_with_orders(shop, 24)
+        balance_account = chart.merchant_balance(shop.id, currency_for_code("CNY").ledger)
+        store = world.platform.store
+        assert isinstance(store, SqliteStore)
+        store_path = store.path
+        groups_before, _ = server.metrics.groups()
+        journal_before = _journal(world.platform)
+        writes_before = _balance_writes(store_path, balance_account)
 
-    responses = server.pay_together([(order, buyer, {}) for buyer, order, _ in payments])
+        responses = server.pay_together([(order, buyer, {}) for buyer, order, _ in payments])
 
-    assert {r.status_code for r in responses} == {200}
-    new_entries = _journal(world.platform)[len(journal_before) :]
-    # Twenty-four payments to one merchant: one ledger batch, in which (as in every batch)
-    # each account's final balances are written once (core/batch.py).
-    assert len(new_entries) == 1
-    merchant = world.platform.balance_of_merchant(shop.id)
-    assert merchant is not None
-    assert merchant.credits_posted == sum(_net(amount) for _, _, amount in payments)
+        assert [r.status_code for r in responses] == [200] * 24
+        groups, _ = server.metrics.groups()
+        assert groups - groups_before == 3
+        # Three ledger batches of eight payments (two transfers each), one commit each...
+        new_entries = _journal(world.platform)[len(journal_before) :]
+        assert [entry.event_count for entry in new_entries] == [16, 16, 16]
+        # ...each writing the merchant's balance once, not once per payment credited to it.
+        assert _balance_writes(store_path, balance_account) - writes_before == len(new_entries)
+        merchant = world.platform.balance_of_merchant(shop.id)
+        assert merchant is not None
+        assert merchant.credits_posted == sum(_net(amount) for _, _, amount in payments)
 
 
 def test_same_order_twice_in_a_group_answers_as_one_after_the_other(server: Server) -> None:
@@ -288,7 +333,7 @@ def test_a_group_that_fails_unexpectedly_answers_each_request_as_alone(server: S
     buyer = payments[0][0]
     broken_order = world.create_order(broken, "B-1", 1_00)
     _close_ledger_account_of(world.platform, broken)
-    requests = [(order, payer, {}) for payer, order, _ in payments]
+    requests: list[Payment] = [(order, payer, {}) for payer, order, _ in payments]
     requests.insert(1, (broken_order, buyer, {}))
 
     responses = server.pay_together(requests)

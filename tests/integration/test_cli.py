@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import pytest
 
 from paycell import Ledger, Transfer
 from paycell.adapters.cli.main import main
-from paycell.core.money import divide_half_even, fee_for
+from paycell.core.currency import currency_for_code, parse_amount
+from paycell.core.payments import chart
+from paycell.platform import Platform
 
 ROOT = Path(__file__).resolve().parents[2]
 BIG = 2**64 + 7  # ids and amounts wider than 64 bits stay JSON integers
@@ -357,29 +360,54 @@ def test_demo_runs_a_marketplace_and_verifies(
     assert "buyers 40, merchants 4, orders 120" in text
     assert "OK: every ledger balances, balances match the journal, chain intact" in text
     assert "verifying the books" in err
-    # Whatever was paid and not refunded is either a fee, still in escrow, or settled.
+    cny = currency_for_code("CNY")
     figures = {
-        line.split("  ")[1].strip(): line.rsplit(" ", 2)[-2]
-        for line in out
-        if line.startswith("  ") and line.strip().endswith("CNY")
+        match[1]: parse_amount(match[2], cny)
+        for match in map(re.compile(r"^  (\S.*?) +(\d+\.\d\d) CNY$").match, out)
+        if match
     }
-    assert set(figures) >= {"paid by buyers", "refunded", "fees earned", "escrow still held"}
+    assert set(figures) == {
+        "topped up",
+        "paid by buyers",
+        "refunded",
+        "fees earned",
+        "escrow still held",
+        "settled to merchants",
+        "withdrawn by buyers",
+    }
+    assert figures["paid by buyers"] > figures["refunded"] > 0
+    # Whatever was paid and not refunded is either a fee, still in escrow, settled, or left in
+    # a merchant's balance (daily settlement pays balances out; only a declined payout leaves
+    # money there). What came in through the bank and was neither spent nor withdrawn is in
+    # the buyers' wallets.
+    with Platform(database_url) as platform:
+        accounts = list(platform.store.all_accounts())
+        stored = (accounts, list(platform.store.all_transfers()), list(platform.store.all_orders()))
+
+    def held_in(code: chart.AccountCode) -> int:
+        return sum(a.credits_posted - a.debits_posted for a in accounts if a.code == code)
+
+    kept = figures["paid by buyers"] - figures["refunded"]
+    assert kept == (
+        figures["fees earned"]
+        + figures["escrow still held"]
+        + figures["settled to merchants"]
+        + held_in(chart.AccountCode.MERCHANT_BALANCE)
+    )
+    assert figures["topped up"] - kept - figures["withdrawn by buyers"] == held_in(
+        chart.AccountCode.USER_WALLET
+    )
 
     # A second run needs a fresh database: it says so and changes nothing.
     code, out, err = run(capsys, "demo", "--database", database_url, *small)
     assert code == 2
     assert "already holds a marketplace" in err
-
-
-def test_fees_round_half_even() -> None:
-    assert divide_half_even(5, 10) == 0
-    assert divide_half_even(15, 10) == 2
-    assert divide_half_even(25, 10) == 2
-    assert divide_half_even(26, 10) == 3
-    assert fee_for(12_50, 60) == 8  # 7.5 fen rounds to the even 8
-    assert fee_for(14_17, 60) == 9  # 8.502 fen
-    assert fee_for(10_25, 60) == 6  # 6.15 fen
-    assert fee_for(10_000 * 2**70 + 5_000, 1) == 2**70  # beyond 64 bits: 0.5 rounds to even
+    with Platform(database_url) as platform:
+        assert stored == (
+            list(platform.store.all_accounts()),
+            list(platform.store.all_transfers()),
+            list(platform.store.all_orders()),
+        )
 
 
 def test_bench_prints_one_json_line_per_configuration(

@@ -28,6 +28,16 @@ def platform(database_url: str) -> Iterator[Platform]:
         assert opened.verify().ok
 
 
+def stored(platform: Platform) -> tuple[object, ...]:
+    """What the platform has written: its ledger batches, accounts, transfers and orders."""
+    return (
+        platform.store.meta().batch_number,
+        list(platform.store.all_accounts()),
+        list(platform.store.all_transfers()),
+        list(platform.store.all_orders()),
+    )
+
+
 def test_a_group_of_payments_commits_once_and_each_gets_its_own_result(
     platform: Platform,
 ) -> None:
@@ -85,9 +95,16 @@ def test_the_same_group_again_is_a_replay_that_moves_nothing(platform: Platform)
 
 def test_groups_are_bounded(platform: Platform) -> None:
     shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
-    too_many = [OrderPayment(f"X-{i}", 1, 1) for i in range(GROUP_PAYMENTS_MAX + 1)]
-    with pytest.raises(ValueError, match="at most"):
+    [buyer] = _funded_buyers(platform, [10_00])
+    before = stored(platform)
+    too_many = [OrderPayment(f"X-{i}", 1, buyer) for i in range(GROUP_PAYMENTS_MAX + 1)]
+    with pytest.raises(ValueError, match=f"at most {GROUP_PAYMENTS_MAX} payments per group"):
         platform.create_and_pay_orders(shop.id, too_many)
+    assert stored(platform) == before  # not even the first payment was made
+    assert platform.list_orders(shop.id) == []
+    # One payment fewer is a group like any other.
+    paid = platform.create_and_pay_orders(shop.id, too_many[:GROUP_PAYMENTS_MAX])
+    assert all(d.ok for d in paid)
 
 
 def _funded_buyers(platform: Platform, amounts: list[int]) -> list[int]:
@@ -171,9 +188,15 @@ def test_order_commands_keep_idempotency_records_in_the_same_commit(platform: Pl
 
 
 def test_order_command_groups_are_bounded(platform: Platform) -> None:
-    too_many = [OrderCommand(OrderAction.PAY, 1, 1)] * (GROUP_PAYMENTS_MAX + 1)
-    with pytest.raises(ValueError, match="at most"):
+    shop = platform.create_merchant("shop", fee_rate_basis_points=0, settlement_bank_account="x")
+    [buyer] = _funded_buyers(platform, [10_00])
+    order = platform.create_order(shop.id, "B-1", 1_00).orders[0]
+    before = stored(platform)
+    too_many = [OrderCommand(OrderAction.PAY, order.id, buyer)] * (GROUP_PAYMENTS_MAX + 1)
+    with pytest.raises(ValueError, match=f"at most {GROUP_PAYMENTS_MAX} commands per group"):
         platform.run_order_commands(too_many)
+    assert stored(platform) == before  # the order was not paid, not even once
+    assert platform.get_order(order.id) == order
 
 
 def test_a_command_on_an_order_already_in_the_group_runs_after_it_and_before_the_rest(

@@ -114,18 +114,25 @@ def test_a_short_run_with_its_own_server_keeps_the_books(
     assert phases[BACKLOG]["released_at_s"] == pytest.approx(2.4)
     assert phases[BACKLOG]["waited_in_queue_ms"]["max"] > 300
     assert report["planned_requests"] == sum(p["requests"] for p in phases.values())
+    # Structure only, never speed: the figures are counted from the run's own records.
     payments = report["payments"]
     assert payments["sent"] > 0
     assert payments["ok"] > 0
-    assert payments["peak_per_second"] >= payments["sustained_per_second"] > 0
-    for key in ("p50", "p99", "p999", "max"):
-        assert 0 < payments["latency_ms"][key] < 10_000
-    assert payments["latency_ms"]["p50"] <= payments["latency_ms"]["p99"]
+    paid_per_second = [b["payments_ok"] for b in report["per_second"]]
+    assert sum(paid_per_second) == payments["ok"]
+    assert payments["peak_per_second"] == max(paid_per_second)
+    assert 0 < payments["sustained_per_second"] <= payments["peak_per_second"]
+    latency = payments["latency_ms"]
+    assert set(latency) == {"p50", "p99", "p999", "max", "count"}
+    assert latency["count"] == payments["ok"]
+    assert 0 <= latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"]
     assert sum(report["by_status"].values()) == report["planned_requests"]
     assert sum(b["answered"] for b in report["per_second"]) == report["planned_requests"]
     assert set(report["shed"]) == {"total", "by_class"}
     assert report["server_errors"]["5xx_other_than_503"] == 0
-    assert report["generator"]["lag_ms"]["p99"] < 1000
+    generator = report["generator"]
+    assert generator["lag_ms"]["count"] == report["planned_requests"]
+    assert generator["queued_in_generator_ms"]["count"] == report["planned_requests"]
     books = report["books"]
     assert books["ok"] is True
     assert books["problem_count"] == 0

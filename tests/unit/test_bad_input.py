@@ -101,10 +101,13 @@ def test_largest_batch_is_accepted(ledger: Ledger) -> None:
 
 
 def test_empty_batch_is_an_error_not_a_silent_success(ledger: Ledger) -> None:
-    with pytest.raises(BatchEmptyError):
+    before = snapshot(ledger)
+    with pytest.raises(BatchEmptyError) as transfers:
         ledger.create_transfers([])
-    with pytest.raises(BatchEmptyError):
+    with pytest.raises(BatchEmptyError) as accounts:
         ledger.create_accounts([])
+    assert transfers.value.code == accounts.value.code == "batch_empty"
+    assert snapshot(ledger) == before
 
 
 def test_something_that_is_not_a_transfer_is_rejected(ledger: Ledger) -> None:
@@ -159,7 +162,11 @@ def test_query_filters_reject_malformed_fields_by_name(
 
 
 def test_well_formed_filters_that_match_nothing_select_nothing(ledger: Ledger) -> None:
-    # TigerBeetle's rule: a zero limit or no direction is not an error, it selects nothing.
+    # TigerBeetle's rule: a zero limit or no direction is not an error, it selects nothing,
+    # even with transfers there to select.
+    assert [r.value for r in ledger.create_transfers([good_transfer()])] == ["ok"]
+    assert len(ledger.get_account_transfers(AccountFilter(account_id=1, limit=5))) == 1
+    assert len(ledger.query_transfers(QueryFilter(limit=5))) == 1
     assert ledger.get_account_transfers(AccountFilter(account_id=1, limit=0)) == []
     assert ledger.get_account_transfers(AccountFilter(account_id=1, limit=5, flags=0)) == []
     assert ledger.query_transfers(QueryFilter(limit=0)) == []
