@@ -14,7 +14,7 @@ DEMO_DB ?= demo.paycell.db
 ALIPAY_COMMUNITY_SDK := python-alipay-sdk==3.4.0
 ALIPAY_COMMUNITY_DIR := $(VENV)/sdk-community
 
-.PHONY: venv postgres alipay-sdks demo test test-slow lint bench clean
+.PHONY: venv postgres alipay-sdks demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -45,10 +45,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 test: venv postgres alipay-sdks lint
-	$(BIN)/python -m pytest -n 2 -m "not slow" tests
-
-test-slow: venv postgres
-	$(BIN)/python -m pytest -m slow tests
+	$(BIN)/python -m pytest -n 2 tests
 
 bench: venv postgres
 	$(BIN)/paycell bench ledger
