@@ -65,6 +65,41 @@ def test_top_up_direct_payment_then_partial_and_full_refund(world: World) -> Non
     ]
 
 
+def test_merchant_replays_one_of_its_webhook_events(world: World) -> None:
+    buyer, shop, other = world.new_user(), world.new_merchant(), world.new_merchant()
+    world.top_up(buyer, 10_00)
+    order_id = world.create_order(shop, "W-1", 5_00)
+    paid = world.client.post(f"/v1/orders/{order_id}/pay", headers=buyer.headers)
+    assert paid.status_code == 200, paid.text
+    event = world.client.get("/v1/webhook-events", headers=shop.headers).json()["data"][0]
+    replay = f"/v1/webhook-events/{event['id']}/replay"
+    replayed = world.client.post(replay, headers=shop.headers)
+    # Accepted for delivery, not delivered: 202, as the OpenAPI document says.
+    assert replayed.status_code == 202, replayed.text
+    assert replayed.json()["event_id"] == event["id"]
+    document = world.client.get("/openapi.json").json()
+    assert "202" in document["paths"]["/v1/webhook-events/{event_id}/replay"]["post"]["responses"]
+    for path, party in (
+        (replay, other),  # another merchant's event is not found, not forbidden
+        ("/v1/webhook-events/999999/replay", shop),
+        ("/v1/webhook-events/x1/replay", shop),
+    ):
+        missing = world.client.post(path, headers=party.headers)
+        assert missing.status_code == 404, (path, missing.text)
+        assert missing.json()["error"]["code"] == "webhook_event_not_found"
+
+
+def test_a_query_parameter_given_twice_is_invalid(world: World) -> None:
+    # Found by fuzzing: `?limit=abc&limit=` answered 200, the last value silently winning.
+    shop = world.new_merchant()
+    for query in ("limit=abc&limit=", "limit=2&limit=3", "after=0&after=0"):
+        listed = world.client.get(f"/v1/orders?{query}", headers=shop.headers)
+        assert listed.status_code == 422, (query, listed.text)
+        assert listed.json()["error"]["code"] == "invalid_field"
+        assert "is given more than once" in listed.json()["error"]["message"]
+    assert world.client.get("/v1/orders?limit=2", headers=shop.headers).status_code == 200
+
+
 def test_escrow_payment_then_confirm(world: World) -> None:
     buyer, shop = world.new_user(), world.new_merchant(fee_rate_basis_points=100)
     world.top_up(buyer, 50_00)

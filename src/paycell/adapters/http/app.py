@@ -732,6 +732,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         replay_webhook_event,
         "Send one of the merchant's events again (due now; the retry schedule continues)",
         "WebhookDelivery",
+        success_status=202,
         errors=("webhook_event_not_found",),
         tags=("webhooks",),
     ),
@@ -962,8 +963,9 @@ class _Api:
             previous = idempotency.previous_response(platform, caller, key, hashed)
             if previous is not None:
                 return _json_response(previous.status, previous.body, replayed=True)
-        query = dict(request.query_params)
-        check_query(query, [field.name for field in operation.query])
+        query = check_query(
+            request.query_params.multi_items(), [field.name for field in operation.query]
+        )
         body = {} if operation.raw_body else parse_body(raw, operation.body)
         call = Call(platform, caller, request.path_params, query, body, raw, request.headers)
         return _Prepared(call, hashed)

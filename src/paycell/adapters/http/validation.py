@@ -137,7 +137,14 @@ def page_parameters(query: Mapping[str, str]) -> tuple[int, int]:
     return after, limit
 
 
-def check_query(query: Mapping[str, str], allowed: Sequence[str]) -> None:
-    for name in query:
+def check_query(items: Sequence[tuple[str, str]], allowed: Sequence[str]) -> dict[str, str]:
+    """The query string's parameters by name. An unknown one, or one given twice (which of its
+    values would count is anyone's guess), is invalid."""
+    query: dict[str, str] = {}
+    for name, value in items:
         if name not in allowed:
             raise _invalid(name, "is not a parameter of this request")
+        if name in query:
+            raise _invalid(name, "is given more than once")
+        query[name] = value
+    return query
