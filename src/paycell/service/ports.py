@@ -95,7 +95,15 @@ class LedgerStore(Protocol):
         """The rows a journal entry covers, as created, in timestamp order."""
         ...
 
-    def all_accounts(self) -> Iterator[Account]: ...
+    def all_accounts(self) -> Iterator[Account]:
+        """Every account, in id order."""
+        ...
+
+    def account_movements(self, side: str) -> Iterator[tuple[int, int, int, int, int | None]]:
+        """(account id, transfer id, amount, transfer flags, pending status or None) of every
+        transfer on `side` ("debit" or "credit"), in account id order, streamed: verify sums
+        each account's movements alongside `all_accounts` without holding them all."""
+        ...
 
     def all_transfers(self) -> Iterator[Transfer]: ...
 

@@ -16,9 +16,9 @@ Everything is read in one snapshot of the database, so verify can run while othe
 write: it checks the books as of the moment it started.
 """
 
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 from paycell.core.journal import GENESIS_HASH, batch_hash
 from paycell.core.types import AccountFlags, PendingStatus, TransferFlags
@@ -155,31 +155,81 @@ def _check_chain(store: LedgerStore, report: VerifyReport) -> None:
         )
 
 
-def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
-    pending_states = dict(store.all_pending_states())
-    # account id -> [debits_pending, debits_posted, credits_pending, credits_posted]
-    expected: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    # account id -> number of closing transfers currently holding it closed
-    closing_holds: defaultdict[int, int] = defaultdict(int)
-    for t in store.all_transfers():
-        dr = expected[t.debit_account_id]
-        cr = expected[t.credit_account_id]
-        if t.flags & _PENDING:
-            state = pending_states.get(t.id)
-            if state is None:
-                report.discrepancies.append(f"transfer {t.id}: pending without a pending state")
+@dataclass(slots=True)
+class _SideSums:
+    """What one side (debits or credits) of an account's transfers adds up to."""
+
+    pending: int = 0
+    posted: int = 0
+    # Pending or posted closing transfers on this side, each holding the account closed.
+    closing_holds: int = 0
+
+
+_NOTHING: Final = _SideSums()
+
+
+def _side_sums(
+    movements: Iterator[tuple[int, int, int, int, int | None]],
+    closing_flag: int,
+    report: VerifyReport | None,
+) -> Iterator[tuple[int, _SideSums]]:
+    """Each account's sums on one side, from its movements in account order. Transfers that
+    lost their pending state are named in `report` (given for one side only: once each)."""
+    account_id: int | None = None
+    sums = _SideSums()
+    for mover, transfer_id, amount, flags, status in movements:
+        if mover != account_id:
+            if account_id is not None:
+                yield account_id, sums
+            account_id, sums = mover, _SideSums()
+        if flags & _PENDING:
+            if status is None:
+                if report is not None:
+                    report.discrepancies.append(
+                        f"transfer {transfer_id}: pending without a pending state"
+                    )
                 continue
-            if state.status == PendingStatus.PENDING:
-                dr[0] += t.amount
-                cr[2] += t.amount
-            if state.status in (PendingStatus.PENDING, PendingStatus.POSTED):
-                if t.flags & _CLOSING_DEBIT:
-                    closing_holds[t.debit_account_id] += 1
-                if t.flags & _CLOSING_CREDIT:
-                    closing_holds[t.credit_account_id] += 1
-        elif t.flags & _POST or not t.flags & _VOID:
-            dr[1] += t.amount
-            cr[3] += t.amount
+            if status == PendingStatus.PENDING:
+                sums.pending += amount
+            if status in (PendingStatus.PENDING, PendingStatus.POSTED) and flags & closing_flag:
+                sums.closing_holds += 1
+        elif flags & _POST or not flags & _VOID:
+            sums.posted += amount
+    if account_id is not None:
+        yield account_id, sums
+
+
+class _Merged:
+    """One side's sums, taken in step with the accounts (both in id order)."""
+
+    def __init__(self, sides: Iterator[tuple[int, _SideSums]], missing: list[int]) -> None:
+        self._sides = sides
+        self._missing = missing
+        self._next = next(sides, None)
+
+    def take(self, account_id: int) -> _SideSums:
+        """The sums of `account_id`; the sums of accounts before it name missing accounts."""
+        while self._next is not None and self._next[0] < account_id:
+            self._missing.append(self._next[0])
+            self._next = next(self._sides, None)
+        if self._next is not None and self._next[0] == account_id:
+            sums = self._next[1]
+            self._next = next(self._sides, None)
+            return sums
+        return _NOTHING
+
+    def rest(self) -> None:
+        while self._next is not None:
+            self._missing.append(self._next[0])
+            self._next = next(self._sides, None)
+
+
+def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
+    # Accounts and each side's movements stream in account id order and are merged, so memory
+    # does not grow with the number of accounts or transfers (the database sorts).
+    missing: list[int] = []
+    debits = _Merged(_side_sums(store.account_movements("debit"), _CLOSING_DEBIT, report), missing)
+    credits = _Merged(_side_sums(store.account_movements("credit"), _CLOSING_CREDIT, None), missing)
     for account in store.all_accounts():
         report.accounts += 1
         totals = report.ledgers.setdefault(account.ledger, LedgerTotals())
@@ -194,17 +244,21 @@ def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
             account.credits_pending,
             account.credits_posted,
         ]
-        want = expected.pop(account.id, [0, 0, 0, 0])
+        debited = debits.take(account.id)
+        credited = credits.take(account.id)
+        want = [debited.pending, debited.posted, credited.pending, credited.posted]
         if stored != want:
             report.discrepancies.append(
                 f"account {account.id}: stored balances (debits pending/posted, credits "
                 f"pending/posted) {stored} but the journal sums to {want}"
             )
-        if closing_holds.get(account.id) and not account.flags & _CLOSED:
+        if debited.closing_holds + credited.closing_holds and not account.flags & _CLOSED:
             report.discrepancies.append(
                 f"account {account.id}: a closing transfer holds it closed but it is open"
             )
-    for account_id in expected:
+    debits.rest()
+    credits.rest()
+    for account_id in sorted(set(missing)):
         report.discrepancies.append(f"account {account_id}: transfers name it but it is missing")
     for ledger, totals in sorted(report.ledgers.items()):
         if totals.debits_posted != totals.credits_posted:

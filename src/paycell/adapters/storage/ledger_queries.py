@@ -239,6 +239,19 @@ def statement_tail(dialect: Dialect, account_filter: AccountFilter, limit: int) 
     )
 
 
+def account_movements(side: str) -> Statement:
+    """(account id, transfer id, amount, flags, pending status) of every transfer on `side`
+    ("debit" or "credit"), in account id order, for `paycell verify`. The status is looked up
+    only for pending transfers (NULL for others, and for a pending transfer that lost it)."""
+    assert side in ("debit", "credit")
+    return (
+        f"SELECT t.{side}_account_id, t.id, t.amount, t.flags, CASE WHEN t.flags & 2 <> 0 THEN "
+        "(SELECT p.status FROM pending_transfers p WHERE p.id = t.id) END "
+        f"FROM transfers t ORDER BY t.{side}_account_id",
+        [],
+    )
+
+
 def account_balances(dialect: Dialect, account_filter: AccountFilter, limit: int) -> Statement:
     """An account's balances after each of its transfers that the filter selects."""
     p = dialect.placeholder
@@ -328,6 +341,11 @@ class SqlLedgerReads:
         """Every row of `table` as `columns`, in ascending order of the column `key`."""
         raise NotImplementedError
 
+    def _stream(self, sql: str, parameters: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        """The rows of one statement, read as they are iterated, in one snapshot (`verify`
+        holds one open), however many there are."""
+        raise NotImplementedError
+
     def has_due_pending_transfers(self, timestamp: int) -> bool:
         return bool(self._rows(*has_due_pending_transfers(self._dialect, timestamp)))
 
@@ -374,8 +392,15 @@ class SqlLedgerReads:
         )
 
     def all_accounts(self) -> Iterator[Account]:
-        for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "timestamp"):
+        for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
             yield self._dialect.account_from_row(row)
+
+    def account_movements(self, side: str) -> Iterator[tuple[int, int, int, int, int | None]]:
+        decode = self._dialect.decode
+        for account_id, transfer_id, amount, flags, status in self._stream(
+            *account_movements(side)
+        ):
+            yield decode(account_id), decode(transfer_id), decode(amount), flags, status
 
     def all_transfers(self) -> Iterator[Transfer]:
         for row in self._table_rows("transfers", TRANSFER_COLUMNS, "timestamp"):

@@ -21,6 +21,7 @@ are one `UPDATE ... FROM unnest(...)`. Rows for COPY are formatted with `bytes %
 per row, since every column of a transfer, an account or a balance row is an integer.
 """
 
+import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -45,6 +46,8 @@ SCHEMA_VERSION: Final = 1
 _SCHEMA_LOCK_KEY: Final = 0x70617963656C6C
 # Rows per round trip when streaming whole tables for `paycell verify`.
 _STREAM_CHUNK: Final = 8_192
+# Names for server-side cursors: verify reads two streams at once.
+_STREAMS: Final = itertools.count()
 
 _NUMERIC: Final = "NUMERIC(39,0)"
 
@@ -416,7 +419,11 @@ class PostgresStore(SqlLedgerReads):
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         # REPEATABLE READ: every statement of the transaction reads the snapshot its first one
-        # took (READ COMMITTED, the default, takes a new one per statement).
+        # took (READ COMMITTED, the default, takes a new one per statement). Inside one already
+        # open, its snapshot is the one.
+        if self._connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            yield
+            return
         with self._connection.transaction():
             self._connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield
@@ -446,6 +453,15 @@ class PostgresStore(SqlLedgerReads):
             if len(rows) < _STREAM_CHUNK:
                 return
             after = rows[-1][key_index]
+
+    def _stream(self, sql: str, parameters: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        # A server-side cursor, fetched in chunks, so a result of any size streams; it lives
+        # in a transaction (verify's snapshot, or its own).
+        name = f"paycell_stream_{next(_STREAMS)}"
+        with self.snapshot(), self._connection.cursor(name=name) as cursor:
+            cursor.itersize = _STREAM_CHUNK
+            cursor.execute(sql, parameters)
+            yield from cursor
 
     def close(self) -> None:
         self._connection.close()

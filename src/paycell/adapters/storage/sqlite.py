@@ -587,7 +587,6 @@ class SqliteStore(SqlLedgerReads):
         # trims the WAL file back after a checkpoint so it does not stay at its peak size.
         self._connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         self._connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
-        self._connection.execute("PRAGMA temp_store = MEMORY")
         self._create_schema()
 
     def _create_schema(self) -> None:
@@ -720,7 +719,7 @@ class SqliteStore(SqlLedgerReads):
         # this store can start until then (verify only reads).
         self.account_log.forget()
         with self._account_snapshot() as account_log:
-            for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "timestamp"):
+            for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
                 yield account_log.patch(_account_from_row(row))
 
     def _account_log_discrepancies(self) -> list[str]:
@@ -752,6 +751,11 @@ class SqliteStore(SqlLedgerReads):
     def _table_rows(self, table: str, columns: str, key: str) -> Iterator[Sequence[Any]]:
         # One cursor, read as it is iterated; other statements may run on the connection meanwhile.
         return self._connection.execute(f"SELECT {columns} FROM {table} ORDER BY {key}")
+
+    def _stream(self, sql: str, parameters: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        # A cursor is read as it is iterated; a sort larger than the page cache spills to a
+        # temporary file (temp_store is left at its default, files, for this).
+        return self._connection.execute(sql, parameters)
 
     def storage_discrepancies(self) -> list[str]:
         with self.snapshot():
