@@ -11,7 +11,7 @@ returns only once the transaction is durable (SQLite WAL with synchronous=FULL, 
 synchronous_commit on).
 """
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -78,7 +78,7 @@ class LedgerStore(Protocol):
 
     def pending_state(self, transfer_id: int) -> PendingState | None: ...
 
-    # What `paycell verify` reads: everything, streamed in timestamp order, in one snapshot.
+    # What `paycell verify` reads: everything, streamed, in one snapshot.
     def snapshot(self) -> AbstractContextManager[None]:
         """Reads made inside see one committed state of the database, whatever other
         processes commit meanwhile. Not inside a write, and writes wait on this store (not on
@@ -99,10 +99,13 @@ class LedgerStore(Protocol):
         """Every account, in id order."""
         ...
 
-    def account_movements(self, side: str) -> Iterator[tuple[int, int, int, int, int | None]]:
+    def account_movements(
+        self, side: str
+    ) -> Generator[tuple[int, int, int, int, int | None], None, None]:
         """(account id, transfer id, amount, transfer flags, pending status or None) of every
         transfer on `side` ("debit" or "credit"), in account id order, streamed: verify sums
-        each account's movements alongside `all_accounts` without holding them all."""
+        each account's movements alongside `all_accounts` without holding them all. Read both
+        sides inside one `snapshot()`, and close what is left unread before it ends."""
         ...
 
     def all_transfers(self) -> Iterator[Transfer]: ...

@@ -20,7 +20,7 @@ The functions build a statement's text and parameters from a filter and touch no
 differ in shape between the backends for speed and stay in each backend's module.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -395,7 +395,9 @@ class SqlLedgerReads:
         for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
             yield self._dialect.account_from_row(row)
 
-    def account_movements(self, side: str) -> Iterator[tuple[int, int, int, int, int | None]]:
+    def account_movements(
+        self, side: str
+    ) -> Generator[tuple[int, int, int, int, int | None], None, None]:
         decode = self._dialect.decode
         for account_id, transfer_id, amount, flags, status in self._stream(
             *account_movements(side)
