@@ -143,3 +143,30 @@ def test_verify_names_a_journal_entry_whose_hash_was_rewritten(
     found = discrepancies(books)
     assert f"journal batch {ACCOUNTS_BATCH} (accounts): rows do not match" in found
     assert f"journal batch {FIRST_TRANSFERS_BATCH}: previous_hash does not link" in found
+
+
+def test_a_verify_that_fails_midway_leaves_the_store_usable(
+    books: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # verify reads accounts and both sides' movements side by side (on PostgreSQL, server-side
+    # cursors of its snapshot). Failing midway, it leaves no transaction or cursor behind: the
+    # next write and the next verify run as if nothing happened.
+    store = books.store
+    read_accounts = store.all_accounts
+
+    def first_account_then_failure():  # type: ignore[no-untyped-def]
+        accounts = read_accounts()
+        yield next(accounts)
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(store, "all_accounts", first_account_then_failure)
+    with pytest.raises(OSError, match="the disk went away"):
+        books.verify()
+    monkeypatch.undo()
+    transfer = Transfer(
+        id=15, debit_account_id=2, credit_account_id=1, amount=3, ledger=CNY, code=1
+    )
+    assert [r.value for r in books.create_transfers([transfer])] == ["ok"]
+    report = books.verify()
+    assert report.ok, report.render()
+    assert report.transfers == 5

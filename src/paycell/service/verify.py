@@ -16,7 +16,7 @@ Everything is read in one snapshot of the database, so verify can run while othe
 write: it checks the books as of the moment it started.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -228,8 +228,32 @@ def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
     # Accounts and each side's movements stream in account id order and are merged, so memory
     # does not grow with the number of accounts or transfers (the database sorts).
     missing: list[int] = []
-    debits = _Merged(_side_sums(store.account_movements("debit"), _CLOSING_DEBIT, report), missing)
-    credits = _Merged(_side_sums(store.account_movements("credit"), _CLOSING_CREDIT, None), missing)
+    debit_movements = store.account_movements("debit")
+    credit_movements = store.account_movements("credit")
+    try:
+        _merge_balances(store, report, debit_movements, credit_movements, missing)
+    finally:
+        # Now, inside the snapshot, not whenever the generators are collected: on PostgreSQL
+        # each holds a server-side cursor of this transaction.
+        debit_movements.close()
+        credit_movements.close()
+    for account_id in sorted(set(missing)):
+        report.discrepancies.append(f"account {account_id}: transfers name it but it is missing")
+    _check_ledger_totals(report)
+
+
+Movements = Generator[tuple[int, int, int, int, int | None], None, None]
+
+
+def _merge_balances(
+    store: LedgerStore,
+    report: VerifyReport,
+    debit_movements: Movements,
+    credit_movements: Movements,
+    missing: list[int],
+) -> None:
+    debits = _Merged(_side_sums(debit_movements, _CLOSING_DEBIT, report), missing)
+    credits = _Merged(_side_sums(credit_movements, _CLOSING_CREDIT, None), missing)
     for account in store.all_accounts():
         report.accounts += 1
         totals = report.ledgers.setdefault(account.ledger, LedgerTotals())
@@ -258,8 +282,9 @@ def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
             )
     debits.rest()
     credits.rest()
-    for account_id in sorted(set(missing)):
-        report.discrepancies.append(f"account {account_id}: transfers name it but it is missing")
+
+
+def _check_ledger_totals(report: VerifyReport) -> None:
     for ledger, totals in sorted(report.ledgers.items()):
         if totals.debits_posted != totals.credits_posted:
             report.discrepancies.append(
