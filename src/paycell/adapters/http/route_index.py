@@ -17,6 +17,7 @@ remembered too, up to a bound; past it the memory starts afresh.
 from collections.abc import MutableMapping, Sequence
 from typing import Any, Final, cast
 
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
@@ -69,6 +70,16 @@ class RouteIndex:
             self._chosen[shape] = found[1]
         return found
 
+    def allowed_methods(self, path: str) -> list[str]:
+        """Every method some route serves at `path`, for a 405's Allow header: Starlette's
+        own names only the first route that matched the path, and the API serves GET and
+        POST on one path through two routes."""
+        methods: set[str] = set()
+        for route in self.routes:
+            if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+                methods |= route.methods
+        return sorted(methods)
+
     def _scan(self, scope: Scope) -> Found:
         partial: Found | None = None
         for route in self.routes:
@@ -81,8 +92,9 @@ class RouteIndex:
 
 
 class IndexedRouter(Router):
-    """Starlette's router, finding full matches through a `RouteIndex`; everything else
-    (405 for a partial match, 404, slash redirects, lifespan) is Starlette's own code."""
+    """Starlette's router, finding full matches through a `RouteIndex`, and answering a
+    partial match (the path is served, the method is not) with a 405 that names every method
+    the path takes; everything else (404, slash redirects, lifespan) is Starlette's own code."""
 
     def __init__(self, index: RouteIndex, **keywords: Any) -> None:
         super().__init__(routes=index.routes, **keywords)
@@ -97,4 +109,7 @@ class IndexedRouter(Router):
                 scope.update(child_scope)
                 await route.handle(scope, receive, send)
                 return
+            if match is Match.PARTIAL:
+                allowed = ", ".join(self.index.allowed_methods(scope["path"]))
+                raise HTTPException(status_code=405, headers={"Allow": allowed})
         await super().app(scope, receive, send)
