@@ -33,12 +33,16 @@ class Official:
         import http.client
         import urllib.parse
 
-        from alipay.aop.api import AlipayClientConfig, DefaultAlipayClient
+        from alipay.aop.api import (
+            AlipayClientConfig,
+            DefaultAlipayClient,
+        )
         from alipay.aop.api.util import WebUtils
 
         def get_http_connection(url: str, query_string: str, timeout: int) -> Any:
             # Upstream, verbatim, except that the URL's port is used (and added as text).
             parsed = urllib.parse.urlparse(url)
+            assert parsed.hostname is not None  # the gateway URL always names a host
             if url.find("https") == 0:
                 connection: Any = http.client.HTTPSConnection(
                     host=parsed.hostname, port=parsed.port or 443, timeout=timeout
@@ -97,7 +101,10 @@ class Official:
         return str(self.client.page_execute(self._request(method, biz, urls), http_method="GET"))
 
     def verify(self, params: dict[str, str], public_key: str) -> bool:
-        from alipay.aop.api.util.SignatureUtils import get_sign_content, verify_with_rsa
+        from alipay.aop.api.util.SignatureUtils import (
+            get_sign_content,
+            verify_with_rsa,
+        )
 
         signature = params.pop("sign")
         params.pop("sign_type", None)

@@ -24,7 +24,7 @@ def test_openapi_documents_every_route_and_code(sqlite_world: World) -> None:
         (method.lower(), route.path)
         for route in app.routes  # type: ignore[attr-defined]
         if isinstance(route, Route) and route.path.startswith("/v1")
-        for method in (route.methods or ()) - {"HEAD"}
+        for method in (route.methods or set[str]()) - {"HEAD"}
     }
     documented = {(m, path) for path, item in document["paths"].items() for m in item}
     assert served == documented

@@ -14,7 +14,7 @@ import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -143,7 +143,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.lookup_transfers(ids)
         )
 
-    def draw_account_pair(self, data: Any, ledger: int) -> tuple[int, int]:
+    def draw_account_pair(self, data: st.DataObject, ledger: int) -> tuple[int, int]:
         """Mostly two different accounts of `ledger`; sometimes any id, unknown or invalid."""
         same_ledger = sorted(i for i, a in self.model.state.accounts.items() if a.ledger == ledger)
         pair = []
@@ -155,7 +155,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 pair.append(data.draw(st.sampled_from(choices)))
         return pair[0], pair[1]
 
-    def draw_amount(self, data: Any) -> int:
+    def draw_amount(self, data: st.DataObject) -> int:
         which = data.draw(st.integers(0, 19))
         if which == 0:
             return data.draw(st.sampled_from(BIG_AMOUNTS))
@@ -168,7 +168,7 @@ class LedgerMachine(RuleBasedStateMachine):
         in_batch = [t for t in batch if t.flags & F.PENDING]
         return committed + in_batch
 
-    def draw_transfer(self, data: Any, batch: list[Transfer]) -> Transfer:
+    def draw_transfer(self, data: st.DataObject, batch: list[Transfer]) -> Transfer:
         kind = data.draw(st.sampled_from(TRANSFER_KINDS))
         earlier = self.sent + batch  # also events earlier in this same batch
         if kind in ("replay", "replay_changed") and not earlier:
@@ -300,7 +300,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.send_transfers(funding) == ["ok"] * len(funding)
 
     @rule(data=st.data())
-    def create_accounts(self, data: Any) -> None:
+    def create_accounts(self, data: st.DataObject) -> None:
         events = []
         for _ in range(data.draw(st.integers(1, 3))):
             events.append(
@@ -332,20 +332,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.send_accounts(events)
 
     @rule(data=st.data())
-    def create_transfers(self, data: Any) -> None:
+    def create_transfers(self, data: st.DataObject) -> None:
         batch: list[Transfer] = []
         for _ in range(data.draw(st.integers(1, 8))):
             batch.append(self.draw_transfer(data, batch))
         self.send_transfers(batch)
 
     @rule(data=st.data())
-    def create_transfers_later(self, data: Any) -> None:
+    def create_transfers_later(self, data: st.DataObject) -> None:
         """Time passes (often past a pending transfer's timeout), then a batch."""
         self.clock.now += data.draw(st.sampled_from([1, 1_000, NS // 2, NS, 2 * NS]))
         self.create_transfers(data)
 
     @rule(data=st.data())
-    def replay_committed_transfers_changes_nothing(self, data: Any) -> None:
+    def replay_committed_transfers_changes_nothing(self, data: st.DataObject) -> None:
         if not self.committed_events:
             return
         # The original events exactly as sent (the stored record may differ: clamped amount,
@@ -364,7 +364,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.snapshot() == before, "a replay changed the ledger"
 
     @rule(data=st.data())
-    def advance_clock(self, data: Any) -> None:
+    def advance_clock(self, data: st.DataObject) -> None:
         how = data.draw(st.sampled_from(["ns", "ms", "seconds", "to_expiry"]))
         if how == "ns":
             self.clock.now += data.draw(st.integers(1, 20))
@@ -439,12 +439,31 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.close()
 
 
-SETTINGS = {
+class MachineSettings(TypedDict):
+    """The `hypothesis.settings` both tests share (each adds its own `max_examples`)."""
+
+    stateful_step_count: int
+    deadline: None
+    derandomize: bool
+    suppress_health_check: list[HealthCheck]
+
+
+SETTINGS: MachineSettings = {
     "stateful_step_count": 20,
     "deadline": None,
     "derandomize": False,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
+
+
+def ledger_machine(new_database_url: Callable[[], str]) -> type[LedgerMachine]:
+    """`LedgerMachine` on databases from `new_database_url`, as a class hypothesis can run."""
+
+    class BoundLedgerMachine(LedgerMachine):
+        def __init__(self) -> None:
+            super().__init__(new_database_url)
+
+    return BoundLedgerMachine
 
 
 def test_ledger_matches_reference_model_on_sqlite(
@@ -458,7 +477,7 @@ def test_ledger_matches_reference_model_on_sqlite(
         return str(tmp_path / f"ledger_{next(numbers)}.db")
 
     run_state_machine_as_test(
-        lambda: LedgerMachine(new_database_url), settings=settings(max_examples=100, **SETTINGS)
+        ledger_machine(new_database_url), settings=settings(max_examples=100, **SETTINGS)
     )
 
 
@@ -471,5 +490,5 @@ def test_ledger_matches_reference_model_on_postgres(postgres_server: PostgresSer
         return postgres_server.create_database(f"properties_{worker}_{next(numbers)}")
 
     run_state_machine_as_test(
-        lambda: LedgerMachine(new_database_url), settings=settings(max_examples=30, **SETTINGS)
+        ledger_machine(new_database_url), settings=settings(max_examples=30, **SETTINGS)
     )

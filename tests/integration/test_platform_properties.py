@@ -13,10 +13,11 @@ platform must agree with the model and the books must balance; at the end `verif
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypedDict
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -56,7 +57,7 @@ BANK_AMOUNTS = st.one_of(
     st.integers(1, 300_00), st.integers(0, 300).map(lambda k: k * 100 + 13), st.just(1)
 )
 # Money out: small amounts, some declined, and "over" (one more than is available).
-OUT_AMOUNTS = st.one_of(
+OUT_AMOUNTS: st.SearchStrategy[int | Literal["over"]] = st.one_of(
     st.integers(1, 30_00), st.integers(0, 30).map(lambda k: k * 100 + 13), st.just("over")
 )
 
@@ -114,7 +115,7 @@ class ModelRequest:
 
 
 class PlatformMachine(RuleBasedStateMachine):
-    def __init__(self, new_database_url: Any) -> None:
+    def __init__(self, new_database_url: Callable[[], str]) -> None:
         super().__init__()
         self.clock = Clock()
         self.database_url: str = new_database_url()
@@ -224,7 +225,7 @@ class PlatformMachine(RuleBasedStateMachine):
         self.top_up(data.draw(st.sampled_from(self.users)), amount)
 
     @rule(data=st.data(), wanted=OUT_AMOUNTS)
-    def request_withdrawal(self, data: st.DataObject, wanted: int | str) -> None:
+    def request_withdrawal(self, data: st.DataObject, wanted: int | Literal["over"]) -> None:
         user = data.draw(st.sampled_from(self.users))
         available = self.wallet[user] - self.wallet_pending[user]
         amount = available + 1 if wanted == "over" else int(wanted)
@@ -239,7 +240,7 @@ class PlatformMachine(RuleBasedStateMachine):
         self.collect_callbacks()
 
     @rule(data=st.data(), wanted=st.one_of(st.none(), OUT_AMOUNTS))
-    def request_payout(self, data: st.DataObject, wanted: int | str | None) -> None:
+    def request_payout(self, data: st.DataObject, wanted: int | Literal["over"] | None) -> None:
         merchant = data.draw(st.sampled_from(self.merchants))
         available = self.balance[merchant] - self.balance_pending[merchant]
         amount = available + 1 if wanted == "over" else wanted
@@ -357,7 +358,9 @@ class PlatformMachine(RuleBasedStateMachine):
 
     # ----------------------------------------------------------------------------- orders
 
-    def order(self, data: st.DataObject, preferred: Any = None) -> ModelOrder:
+    def order(
+        self, data: st.DataObject, preferred: Callable[[ModelOrder], bool] | None = None
+    ) -> ModelOrder:
         """Any order; mostly (when `preferred` is given and matches some) one it matches."""
         candidates = sorted(self.orders)
         if preferred is not None:
@@ -737,11 +740,29 @@ class PlatformMachine(RuleBasedStateMachine):
                 self.other.close()
 
 
-SETTINGS = {
+class MachineSettings(TypedDict):
+    """The `hypothesis.settings` both tests share (each adds its own `max_examples`)."""
+
+    stateful_step_count: int
+    deadline: None
+    suppress_health_check: list[HealthCheck]
+
+
+SETTINGS: MachineSettings = {
     "stateful_step_count": 100,
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
+
+
+def platform_machine(new_database_url: Callable[[], str]) -> type[PlatformMachine]:
+    """`PlatformMachine` on databases from `new_database_url`, as a class hypothesis can run."""
+
+    class BoundPlatformMachine(PlatformMachine):
+        def __init__(self) -> None:
+            super().__init__(new_database_url)
+
+    return BoundPlatformMachine
 
 
 def test_platform_matches_the_model_on_sqlite(tmp_path: Path) -> None:
@@ -751,7 +772,7 @@ def test_platform_matches_the_model_on_sqlite(tmp_path: Path) -> None:
         return str(tmp_path / f"platform_{next(numbers)}.db")
 
     run_state_machine_as_test(
-        lambda: PlatformMachine(new_database_url), settings=settings(max_examples=30, **SETTINGS)
+        platform_machine(new_database_url), settings=settings(max_examples=30, **SETTINGS)
     )
 
 
@@ -764,5 +785,5 @@ def test_platform_matches_the_model_on_postgres(postgres_server: PostgresServer)
         return postgres_server.create_database(f"platform_properties_{worker}_{next(numbers)}")
 
     run_state_machine_as_test(
-        lambda: PlatformMachine(new_database_url), settings=settings(max_examples=10, **SETTINGS)
+        platform_machine(new_database_url), settings=settings(max_examples=10, **SETTINGS)
     )

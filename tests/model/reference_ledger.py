@@ -21,10 +21,14 @@ paycell's deliberate differences from TigerBeetle 0.16, which the model follows:
 """
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from paycell.core.types import Account, AccountBalance, Transfer
+
+# An event of a create batch: `_run_batch` runs accounts and transfers alike.
+Event = TypeVar("Event", Account, Transfer)
 
 MAX = (1 << 128) - 1
 TIMESTAMP_LIMIT = (1 << 63) - 1
@@ -153,7 +157,13 @@ class ReferenceLedger:
 
     # ------------------------------------------------------------------------ batch driver
 
-    def _run_batch(self, events: Sequence, now: int, create, is_transfer: bool) -> list[str]:
+    def _run_batch(
+        self,
+        events: Sequence[Event],
+        now: int,
+        create: Callable[[Event, int], str],
+        is_transfer: bool,
+    ) -> list[str]:
         n = len(events)
         base = max(self.state.last_timestamp + 1, now)
         results: list[str] = []

@@ -29,9 +29,11 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 def good_transfer(**changes: object) -> Transfer:
+    # `changes` may be ill-typed on purpose (floats, strings, None): the tests check that
+    # such fields are rejected.
     return Transfer(
         id=100, debit_account_id=1, credit_account_id=2, amount=500, ledger=156, code=1
-    )._replace(**changes)
+    )._replace(**changes)  # type: ignore[arg-type]  # ill-typed fields on purpose
 
 
 def snapshot(ledger: Ledger) -> tuple[object, ...]:
@@ -152,9 +154,13 @@ def test_query_filters_reject_malformed_fields_by_name(
 ) -> None:
     # A negative limit once reached SQLite as "no limit" and returned a wrong page.
     if read.startswith("get_account"):
-        malformed: object = AccountFilter(account_id=1, limit=10)._replace(**{field: value})
+        malformed: object = AccountFilter(account_id=1, limit=10)._replace(
+            **{field: value}  # type: ignore[arg-type]  # ill-typed field on purpose
+        )
     else:
-        malformed = QueryFilter(limit=10)._replace(**{field: value})
+        malformed = QueryFilter(limit=10)._replace(
+            **{field: value}  # type: ignore[arg-type]  # ill-typed field on purpose
+        )
     with pytest.raises(InvalidFieldError, match=f"{field}: {message}") as raised:
         getattr(ledger, read)(malformed)
     assert raised.value.code == "invalid_field"

@@ -328,11 +328,17 @@ field_value = st.one_of(
     st.sampled_from([MAX, MAX + 1, -1, -MAX - 1, 1 << 200]),
     st.sampled_from([True, False, F.LINKED, AF.HISTORY, 1.0, "1", None]),
 )
+# Records whose fields are deliberately of any type (floats, strings, None, out of range):
+# the point is to check that validation rejects what the annotations forbid.
 record = st.one_of(
     st.lists(st.integers(0, 1000), min_size=13, max_size=13).map(lambda v: Transfer(*v)),
-    st.lists(field_value, min_size=13, max_size=13).map(lambda v: Transfer(*v)),
+    st.lists(field_value, min_size=13, max_size=13).map(
+        lambda v: Transfer(*v)  # type: ignore[arg-type]  # ill-typed fields on purpose
+    ),
     st.lists(field_value, min_size=12, max_size=14).map(tuple),
-    st.lists(field_value, min_size=13, max_size=13).map(lambda v: Account(*v)),
+    st.lists(field_value, min_size=13, max_size=13).map(
+        lambda v: Account(*v)  # type: ignore[arg-type]  # ill-typed fields on purpose
+    ),
 )
 
 
