@@ -32,37 +32,39 @@ WORKERS = 4
 BATCHES = 30
 
 
-def _environment() -> dict[str, str]:
-    """The writers import this checkout's tests package."""
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-
-
-def test_concurrent_writers_apply_each_transfer_exactly_once(database_url: str) -> None:
+def _open_the_books(database_url: str) -> None:
     with Ledger(database_url) as ledger:
         assert {r.value for r in ledger.create_accounts(accounts())} == {"ok"}
         assert {r.value for r in ledger.create_transfers(opening_transfers())} == {"ok"}
 
-    environment = _environment()
+
+def _writer(
+    database_url: str, worker: int, batches: int, peer: int, *, report: bool
+) -> "subprocess.Popen[str]":
+    """A `concurrent_writer` process; its submissions on stdout if `report`."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.concurrent_writer",
+            database_url,
+            str(worker),
+            str(batches),
+            str(peer),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE if report else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # The writers import this checkout's tests package.
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
+
+
+def test_concurrent_writers_apply_each_transfer_exactly_once(database_url: str) -> None:
+    _open_the_books(database_url)
     writers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.integration.concurrent_writer",
-                database_url,
-                str(worker),
-                str(BATCHES),
-                str((worker + 1) % WORKERS),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-        )
+        _writer(database_url, worker, BATCHES, (worker + 1) % WORKERS, report=True)
         for worker in range(WORKERS)
     ]
     submissions = []
@@ -122,27 +124,9 @@ def test_verify_sees_one_snapshot_while_other_processes_write(database_url: str)
     # verify reads the journal, every record and every balance: if a batch committed between
     # two of those reads, they would disagree and it would report discrepancies that are not
     # there. It reads one snapshot, so on a live database it passes as on an idle one.
-    with Ledger(database_url) as ledger:
-        assert {r.value for r in ledger.create_accounts(accounts())} == {"ok"}
-        assert {r.value for r in ledger.create_transfers(opening_transfers())} == {"ok"}
+    _open_the_books(database_url)
     writers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.integration.concurrent_writer",
-                database_url,
-                str(worker),
-                str(BATCHES * 2),
-                str(worker),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_environment(),
-        )
-        for worker in range(2)
+        _writer(database_url, worker, BATCHES * 2, worker, report=False) for worker in range(2)
     ]
     reports = []
     with Ledger(database_url) as ledger:
