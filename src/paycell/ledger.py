@@ -29,7 +29,7 @@ from paycell.core.types import (
     Transfer,
 )
 from paycell.service.ledger_service import LedgerService
-from paycell.service.verify import ProgressCallback, VerifyReport, verify
+from paycell.service.verify import CounterCallback, ProgressCallback, VerifyReport, verify
 
 DEFAULT_DATABASE = "paycell.db"
 
@@ -92,9 +92,14 @@ class Ledger:
     def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
         return self.service.query_transfers(query_filter)
 
-    def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
-        """Check that every ledger balances, balances match the journal, the chain is intact."""
-        return verify(self.store, progress)
+    def verify(
+        self, progress: ProgressCallback | None = None, counter: CounterCallback | None = None
+    ) -> VerifyReport:
+        """Check that every ledger balances, balances match the journal, the chain is intact.
+
+        `progress` hears each step; `counter`, if given, hears (what, done, total) every few
+        thousand records, for a live counter on a large ledger."""
+        return verify(self.store, progress, counter)
 
     def close(self) -> None:
         self.store.close()

@@ -28,7 +28,7 @@ from paycell.core.payments.outcomes import Decision, PaymentError, rejected
 from paycell.core.payments.records import PartyKind
 from paycell.core.types import Account
 from paycell.service.platform import PlatformConfig, PlatformService
-from paycell.service.verify import ProgressCallback, VerifyReport, verify
+from paycell.service.verify import CounterCallback, ProgressCallback, VerifyReport, verify
 
 
 class Platform(PlatformService):
@@ -70,8 +70,10 @@ class Platform(PlatformService):
     def balance_of_merchant(self, merchant_id: int, currency: str = "CNY") -> Account | None:
         return self.balance(PartyKind.MERCHANT, merchant_id, currency)
 
-    def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
-        return verify(self.store, progress)
+    def verify(
+        self, progress: ProgressCallback | None = None, counter: CounterCallback | None = None
+    ) -> VerifyReport:
+        return verify(self.store, progress, counter)
 
     def close(self) -> None:
         self.store.close()

@@ -48,7 +48,8 @@ EXPECTED_LEDGER_METHODS = {
     "get_account_balances": "(self, account_filter: AccountFilter) -> list[AccountBalance]",
     "query_accounts": "(self, query_filter: QueryFilter) -> list[Account]",
     "query_transfers": "(self, query_filter: QueryFilter) -> list[Transfer]",
-    "verify": "(self, progress: Callable[[str], None] | None = None) -> VerifyReport",
+    "verify": "(self, progress: Callable[[str], None] | None = None, "
+    "counter: Callable[[str, int, int], None] | None = None) -> VerifyReport",
     "close": "(self) -> None",
 }
 

@@ -25,6 +25,13 @@ from paycell.core.types import AccountFlags, PendingStatus, TransferFlags
 from paycell.service.ports import LedgerStore
 
 ProgressCallback = Callable[[str], None]
+# (what is counted, how many done, how many in all), every few thousand records: for a live
+# counter on a long verify (the CLI draws it in place on a terminal).
+CounterCallback = Callable[[str, int, int], None]
+
+# How often the counter is called.
+_JOURNAL_ENTRIES_PER_COUNT: Final = 1_000
+_ACCOUNTS_PER_COUNT: Final = 10_000
 
 
 @dataclass(slots=True)
@@ -76,28 +83,37 @@ _CLOSING_CREDIT = int(TransferFlags.CLOSING_CREDIT)
 _CLOSED = int(AccountFlags.CLOSED)
 
 
-def verify(store: LedgerStore, progress: ProgressCallback | None = None) -> VerifyReport:
+def verify(
+    store: LedgerStore,
+    progress: ProgressCallback | None = None,
+    counter: CounterCallback | None = None,
+) -> VerifyReport:
     report = VerifyReport()
     say = progress or (lambda _message: None)
+    count = counter or (lambda _what, _done, _total: None)
     # One snapshot for every read: a batch that other processes commit meanwhile would
     # otherwise show in some reads and not in others, as discrepancies that are not there.
     with store.snapshot():
         say("checking the journal's hash chain")
-        _check_chain(store, report)
+        accounts = _check_chain(store, report, count)
         say("recomputing balances from the journal")
-        _check_balances(store, report)
+        _check_balances(store, report, count, accounts)
         say("checking the store's own indexes and logs against its records")
         report.discrepancies.extend(store.storage_discrepancies())
     return report
 
 
-def _check_chain(store: LedgerStore, report: VerifyReport) -> None:
+def _check_chain(store: LedgerStore, report: VerifyReport, count: CounterCallback) -> int:
+    """Check the chain; returns how many accounts are stored."""
+    entries = store.meta().batch_number
     previous_hash = GENESIS_HASH
     expected_number = 1
     covered = {"accounts": 0, "transfers": 0, "expiries": 0, "failures": 0}
     last_timestamp = 0
     for entry in store.journal_entries():
         report.journal_entries += 1
+        if report.journal_entries % _JOURNAL_ENTRIES_PER_COUNT == 0:
+            count("journal entries", report.journal_entries, entries)
         if entry.batch_number != expected_number:
             report.discrepancies.append(
                 f"journal: expected batch {expected_number}, found batch {entry.batch_number}"
@@ -153,6 +169,7 @@ def _check_chain(store: LedgerStore, report: VerifyReport) -> None:
             f"journal: {report.transfers} transfers stored but {covered['transfers']} covered "
             "by the journal"
         )
+    return stored_accounts
 
 
 @dataclass(slots=True)
@@ -224,14 +241,16 @@ class _Merged:
             self._next = next(self._sides, None)
 
 
-def _check_balances(store: LedgerStore, report: VerifyReport) -> None:
+def _check_balances(
+    store: LedgerStore, report: VerifyReport, count: CounterCallback, accounts: int
+) -> None:
     # Accounts and each side's movements stream in account id order and are merged, so memory
     # does not grow with the number of accounts or transfers (the database sorts).
     missing: list[int] = []
     debit_movements = store.account_movements("debit")
     credit_movements = store.account_movements("credit")
     try:
-        _merge_balances(store, report, debit_movements, credit_movements, missing)
+        _merge_balances(store, report, debit_movements, credit_movements, missing, count, accounts)
     finally:
         # Now, inside the snapshot, not whenever the generators are collected: on PostgreSQL
         # each holds a server-side cursor of this transaction.
@@ -251,11 +270,15 @@ def _merge_balances(
     debit_movements: Movements,
     credit_movements: Movements,
     missing: list[int],
+    count: CounterCallback,
+    accounts: int,
 ) -> None:
     debits = _Merged(_side_sums(debit_movements, _CLOSING_DEBIT, report), missing)
     credits = _Merged(_side_sums(credit_movements, _CLOSING_CREDIT, None), missing)
     for account in store.all_accounts():
         report.accounts += 1
+        if report.accounts % _ACCOUNTS_PER_COUNT == 0:
+            count("accounts", report.accounts, accounts)
         totals = report.ledgers.setdefault(account.ledger, LedgerTotals())
         totals.accounts += 1
         totals.debits_pending += account.debits_pending

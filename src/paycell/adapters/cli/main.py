@@ -338,7 +338,8 @@ def _run_verify(arguments: argparse.Namespace) -> int:
     _require_existing(arguments.database)
     progress = Progress()
     with Ledger(arguments.database) as ledger:
-        report = ledger.verify(progress.say)
+        report = ledger.verify(progress.say, progress.update)
+    progress.finish()
     print(report.render())
     return EXIT_OK if report.ok else EXIT_FAILED
 

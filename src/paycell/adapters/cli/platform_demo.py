@@ -297,6 +297,7 @@ def run_demo(
         for line in demo.summary():
             out.write(line + "\n")
         progress.say("verifying the books")
-        report = platform.verify(progress.say)
+        report = platform.verify(progress.say, progress.update)
+        progress.finish()
         out.write("\n" + report.render() + "\n")
         return 0 if report.ok else 1
