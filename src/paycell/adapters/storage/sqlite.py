@@ -26,7 +26,7 @@ statement sees one consistent snapshot.
 
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -587,10 +587,10 @@ class SqliteStore(SqlLedgerReads):
         # trims the WAL file back after a checkpoint so it does not stay at its peak size.
         self._connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         self._connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
-        # Sorts larger than the page cache (verify's, by account) spill to a temporary file
-        # ($SQLITE_TMPDIR, else /var/tmp or /tmp) rather than grow in memory. The statement
-        # fills' sorts fit in the cache and never touch it.
-        self._connection.execute("PRAGMA temp_store = FILE")
+        # Temporary structures (IN lists, sorts) in memory: on files, batches of 8,190 among
+        # ten million accounts ran 25% slower. verify's snapshot switches to files while it
+        # runs, so that its sorts of every transfer spill to disk rather than grow in memory.
+        self._connection.execute("PRAGMA temp_store = MEMORY")
         self._create_schema()
 
     def _create_schema(self) -> None:
@@ -679,6 +679,27 @@ class SqliteStore(SqlLedgerReads):
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
+        """verify's snapshot: one read transaction, during which a sort larger than the page
+        cache spills to a temporary file ($SQLITE_TMPDIR, else /var/tmp or /tmp) instead of
+        memory. Inside a transaction already open, that transaction's."""
+        connection = self._connection
+        if connection.in_transaction:
+            yield
+            return
+        # Switched outside any transaction: SQLite refuses to inside one once it has used
+        # temporary storage.
+        connection.execute("PRAGMA temp_store = FILE")
+        try:
+            with self._read_transaction():
+                yield
+        finally:
+            # Refused while a statement of the verify is still open (it failed midway): the
+            # setting then stays on files, which is slower at scale but as correct.
+            with suppress(sqlite3.OperationalError):
+                connection.execute("PRAGMA temp_store = MEMORY")
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[None]:
         """Reads that must see one state of the database: one read transaction (or the one
         already open). WAL keeps its pages for it while other processes commit; a checkpoint
         cannot move past it until it ends, so the WAL file may grow meanwhile."""
@@ -697,7 +718,7 @@ class SqliteStore(SqlLedgerReads):
     def _account_snapshot(self) -> Iterator[AccountChangeLog]:
         """Accounts read from `accounts` and the log's memory must come from one snapshot:
         another process may write the log back in between."""
-        with self.snapshot():
+        with self._read_transaction():
             self.account_log.synchronize(self._connection)
             yield self.account_log
 
@@ -742,7 +763,7 @@ class SqliteStore(SqlLedgerReads):
         else:
             parts = (ledger_queries.filled_statement, ledger_queries.statement_tail)
         rows: list[Any] = []
-        with self.snapshot():
+        with self._read_transaction():
             for part in parts:
                 rows += self._rows(*part(_SQLITE, account_filter, limit - len(rows)))
                 if len(rows) >= limit:
@@ -757,8 +778,8 @@ class SqliteStore(SqlLedgerReads):
         return self._connection.execute(f"SELECT {columns} FROM {table} ORDER BY {key}")
 
     def _stream(self, sql: str, parameters: Sequence[Any]) -> Iterator[Sequence[Any]]:
-        # A cursor is read as it is iterated; a sort larger than the page cache spills to a
-        # temporary file (temp_store = FILE, set at open).
+        # A cursor is read as it is iterated; inside verify's snapshot, a sort larger than the
+        # page cache spills to a temporary file.
         return self._connection.execute(sql, parameters)
 
     def storage_discrepancies(self) -> list[str]:
