@@ -42,6 +42,7 @@ from paycell.adapters.storage.sqlite_account_log import (
     ACCOUNT_CHANGES_MERGE_EVERY,
     AccountChangeLog,
 )
+from paycell.adapters.storage.sqlite_writer_queue import WriterQueue
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.errors import PaycellError
 from paycell.core.journal import GENESIS_HASH
@@ -578,6 +579,9 @@ class SqliteStore(SqlLedgerReads):
             self.path, isolation_level=None, check_same_thread=False, timeout=60.0
         )
         self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MILLISECONDS}")
+        # Writers of the file take turns on a lock file rather than in SQLite's busy handler
+        # (sqlite_writer_queue.py); a database in memory has no other writer.
+        self._writer_queue = None if str(path) == ":memory:" else WriterQueue(self.path)
         self._connection.execute("PRAGMA journal_mode = WAL")
         self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute("PRAGMA cache_size = -65536")
@@ -660,22 +664,31 @@ class SqliteStore(SqlLedgerReads):
 
     @contextmanager
     def write(self) -> Iterator[_SqliteWriteUnit]:
-        connection = self._connection
-        account_log = self.account_log
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            account_log.synchronize(connection)
-            yield self._write_unit_type(connection, self.statement_index_every, account_log)
-            connection.execute("COMMIT")
-        except BaseException:
-            # First, so nothing below can skip it: the memory may hold what this transaction
-            # logged. Then roll back, unless SQLite already has: it rolls the whole
-            # transaction back itself on an interrupt, a full disk or an I/O error, and a
-            # ROLLBACK then would fail and hide the error that caused it.
-            account_log.forget()
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        with self._writer_turn():
+            connection = self._connection
+            account_log = self.account_log
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                account_log.synchronize(connection)
+                yield self._write_unit_type(connection, self.statement_index_every, account_log)
+                connection.execute("COMMIT")
+            except BaseException:
+                # First, so nothing below can skip it: the memory may hold what this
+                # transaction logged. Then roll back, unless SQLite already has: it rolls the
+                # whole transaction back itself on an interrupt, a full disk or an I/O error,
+                # and a ROLLBACK then would fail and hide the error that caused it.
+                account_log.forget()
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        if self._writer_queue is None:
+            yield
+            return
+        with self._writer_queue.turn():
+            yield
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -847,6 +860,8 @@ class SqliteStore(SqlLedgerReads):
 
     def close(self) -> None:
         self._connection.close()
+        if self._writer_queue is not None:
+            self._writer_queue.close()
 
 
 assert PendingStatus.PENDING == 1  # The partial index above hard-codes the pending status.
