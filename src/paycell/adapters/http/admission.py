@@ -20,13 +20,20 @@ The state is guarded by a `threading.Lock` and waiters are woken through their o
 """
 
 import asyncio
+import fcntl
+import hashlib
 import math
+import mmap
+import os
+import struct
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Final, cast
 
 PAYMENTS: Final = 0
 QUERIES: Final = 1
@@ -254,18 +261,139 @@ class RateLimit:
             raise ValueError("rate_per_second must be positive and burst at least 1")
 
 
+# A table shared by the workers of one server (`create_rate_table`): a fixed number of slots,
+# each (key hash, tokens, last) as an unsigned 64-bit integer and two float64s, 24 bytes;
+# 16,384 slots are 393,216 bytes (384 KiB). A key's hash is its 8-byte blake2b digest (0 marks
+# a free slot); a key lives in the first slot from hash % TABLE_SLOTS, within a window of
+# _PROBE slots, that holds it or is free. 64-bit hashes of distinct keys collide too rarely
+# to matter (two keys would share a bucket).
+TABLE_SLOTS: Final = 16_384
+_SLOT: Final = struct.Struct("=Qdd")
+TABLE_BYTES: Final = TABLE_SLOTS * _SLOT.size
+_PROBE: Final = 8
+
+
+def create_rate_table(path: Path) -> None:
+    """Create (or overwrite) a zero-filled rate table: every slot free."""
+    # Written aside and renamed over the old file: a process still mapping the old one keeps
+    # it whole (truncating a mapped file would crash it with SIGBUS).
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.truncate(TABLE_BYTES)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _key_hash(key: str) -> int:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1  # 0 marks a free slot
+
+
+class _RateTable:
+    """The buckets in a table file mapped by every worker.
+
+    Each worker opens the file itself (workers are spawned, not forked): `flock` excludes
+    open file descriptions, so processes sharing one inherited description would not exclude
+    each other.
+    """
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file = path.open("r+b")
+        except FileNotFoundError:
+            raise ValueError(f"no rate table {path}") from None
+        size = os.fstat(self._file.fileno()).st_size
+        if size != TABLE_BYTES:
+            self._file.close()
+            raise ValueError(f"{path} is not a rate table: {size} bytes, expected {TABLE_BYTES}")
+        self._map = mmap.mmap(self._file.fileno(), TABLE_BYTES, flags=mmap.MAP_SHARED)
+
+    def close(self) -> None:
+        self._map.close()
+        self._file.close()
+
+    def take(self, key: str, limit: RateLimit, clock: Callable[[], float]) -> int:
+        wanted = _key_hash(key)
+        # flock rather than a semaphore in the mapping: the kernel releases it when a process
+        # dies holding it, so a killed worker cannot leave every other one blocked.
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            # The time is read under the lock, so a slot's `last` never goes backwards. It may
+            # come from another process: time.monotonic is CLOCK_MONOTONIC, which on Linux is
+            # one clock for the whole system, not per process.
+            now = clock()
+            offset = self._slot(wanted)
+            held, tokens, last = self._read(offset)
+            if held != wanted:
+                tokens, last = limit.burst, now
+            # The in-memory limiter's arithmetic, written out here again so that its path
+            # stays short; tests/unit/test_shared_rate_limits.py checks both answer alike.
+            tokens = min(limit.burst, tokens + (now - last) * limit.rate_per_second)
+            if tokens >= 1:
+                _SLOT.pack_into(self._map, offset, wanted, tokens - 1, now)
+                return 0
+            _SLOT.pack_into(self._map, offset, wanted, tokens, now)
+            return max(1, math.ceil((1 - tokens) / limit.rate_per_second))
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _slot(self, wanted: int) -> int:
+        """The offset of the key's slot in its window, else of a free one, else the oldest.
+
+        Taking over the window's least recently used slot forgets that key's bucket: it starts
+        again from a full burst, the same leniency as the in-memory limiter forgetting its
+        oldest half when full. Slots are never freed, so a free slot ends the key's window.
+        """
+        home = wanted % TABLE_SLOTS
+        oldest, oldest_last = 0, math.inf
+        for step in range(_PROBE):
+            offset = (home + step) % TABLE_SLOTS * _SLOT.size
+            held, _, last = self._read(offset)
+            if held in (wanted, 0):
+                return offset
+            if last < oldest_last:
+                oldest, oldest_last = offset, last
+        return oldest
+
+    def _read(self, offset: int) -> tuple[int, float, float]:
+        return cast(tuple[int, float, float], _SLOT.unpack_from(self._map, offset))
+
+
 class RateLimiter:
-    """A token bucket per API key; `take` answers 0 when allowed, else seconds to wait."""
+    """A token bucket per API key; `take` answers 0 when allowed, else seconds to wait.
+
+    The buckets are in memory, or with `table` (a file made by `create_rate_table`) in that
+    file, shared by every worker of the server: all of them draw from one bucket per key, or
+    N workers would let a key through at N times its limit.
+    """
 
     def __init__(
-        self, limit: RateLimit | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: RateLimit | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        table: Path | None = None,
     ) -> None:
         self.limit = limit or RateLimit()
         self._now = clock
+        # Threads of one process share one open file description, which flock does not
+        # exclude from itself: they take this lock first.
         self._mutex = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._table = None if table is None else _RateTable(table)
+
+    def close(self) -> None:
+        """Unmap the shared table (nothing to do in memory)."""
+        if self._table is not None:
+            self._table.close()
 
     def take(self, key: str) -> int:
+        if self._table is not None:
+            with self._mutex:
+                return self._table.take(key, self.limit, self._now)
         now = self._now()
         limit = self.limit
         with self._mutex:
