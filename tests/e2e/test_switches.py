@@ -117,7 +117,7 @@ def test_scheduler_switch_pauses_the_scheduler(
     stop = threading.Event()
     jobs = threading.Thread(
         target=serve._background_jobs,
-        args=(platform, threading.RLock(), stop, switches),
+        args=(platform, threading.RLock(), stop, switches, True),
         daemon=True,
     )
     jobs.start()
@@ -131,6 +131,32 @@ def test_scheduler_switch_pauses_the_scheduler(
     jobs.join(5)
     platform.close()
     assert runs
+
+
+def test_only_the_worker_that_runs_the_scheduler_runs_it_but_every_worker_takes_its_banks_answers(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve, "BACKGROUND_INTERVAL_SECONDS", 0.01)
+    platform = Platform(sqlite_url)
+    scheduled: list[int] = []
+    answered: list[int] = []
+    monkeypatch.setattr(platform, "run_scheduler", lambda: scheduled.append(1))
+    monkeypatch.setattr(platform, "deliver_bank_callbacks", lambda: answered.append(1))
+    stop = threading.Event()
+    jobs = threading.Thread(
+        target=serve._background_jobs,
+        args=(platform, threading.RLock(), stop, sw.Switches(), False),
+        daemon=True,
+    )
+    jobs.start()
+    deadline = time.monotonic() + 5
+    while len(answered) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    jobs.join(5)
+    platform.close()
+    assert len(answered) >= 5
+    assert scheduled == []
 
 
 @pytest.fixture

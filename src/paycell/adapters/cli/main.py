@@ -250,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a payment may wait for others to join its group, in milliseconds "
         "(default: 0, never wait; at most 50)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes sharing the port and the database (default: 1; about one a "
+        "core on a busy server; docs/operations.md)",
+    )
     switches = commands.add_parser(
         "switches",
         help="show or set a running server's degradation switches",
@@ -386,8 +393,11 @@ def _run_serve(arguments: argparse.Namespace) -> int:
     import secrets
 
     from paycell.adapters.http.group_commit import DEFAULT_GROUP_COMMIT, GroupCommitConfig
-    from paycell.adapters.http.serve import serve
+    from paycell.adapters.http.serve import WORKERS_MAX, serve
 
+    if arguments.workers > WORKERS_MAX:
+        print(f"paycell serve: --workers must be at most {WORKERS_MAX}", file=sys.stderr)
+        return 2
     size_max = arguments.group_max or DEFAULT_GROUP_COMMIT.size_max
     linger_ms = arguments.group_linger_ms
     try:
@@ -412,6 +422,7 @@ def _run_serve(arguments: argparse.Namespace) -> int:
         sys.stdout,
         # A group of one is no group: each payment takes the ordinary path.
         group_commit=group_commit if size_max > 1 else None,
+        workers=arguments.workers,
     )
 
 

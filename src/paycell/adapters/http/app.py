@@ -62,7 +62,7 @@ from paycell.adapters.http.group_commit import (
     Pending,
 )
 from paycell.adapters.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from paycell.adapters.http.metrics import LedgerTotals, Metrics
+from paycell.adapters.http.metrics import LedgerTotals, Metrics, MetricsSnapshot
 from paycell.adapters.http.openapi import build_document
 from paycell.adapters.http.route_index import IndexedRouter, RouteIndex
 from paycell.adapters.http.routing import Call, Operation, Reply
@@ -1139,6 +1139,8 @@ def create_app(
     switches: Switches | None = None,
     metrics: Metrics | None = None,
     group_commit: GroupCommitConfig | None = DEFAULT_GROUP_COMMIT,
+    rate_limiter: RateLimiter | None = None,
+    metrics_peers: Callable[[], Sequence[MetricsSnapshot]] | None = None,
 ) -> Starlette:
     """The REST API over `platform`. `lock` serializes every platform call; pass the one the
     server's background jobs take, so they never share the database connection at once.
@@ -1148,7 +1150,9 @@ def create_app(
     the degradation switches (pass `switches` to share them with the background jobs);
     GET /metrics (admin key) exposes `metrics` (docs/operations.md).
     Single payments (`POST /v1/orders/{order_id}/pay`) are paid in groups, one commit per
-    group (group_commit.py), as `group_commit` bounds them; None pays each on its own."""
+    group (group_commit.py), as `group_commit` bounds them; None pays each on its own.
+    Several server processes share `rate_limiter` (instead of one made from `rate_limit`) and
+    count each other's metrics through `metrics_peers` (serve.py)."""
     if not admin_key:
         raise ValueError("an admin key is required")
     if body_limit_bytes <= 0:
@@ -1178,7 +1182,11 @@ def create_app(
         return await run_in_threadpool(
             lambda: Response(
                 metrics.render(
-                    controller, switches, ledger_totals, groups.depth if groups else None
+                    controller,
+                    switches,
+                    ledger_totals,
+                    groups.depth if groups else None,
+                    peers=metrics_peers() if metrics_peers is not None else (),
                 ),
                 media_type=METRICS_CONTENT_TYPE,
             )
@@ -1218,7 +1226,7 @@ def create_app(
                 Edge,
                 index=index,
                 admission=controller,
-                limiter=RateLimiter(rate_limit),
+                limiter=rate_limiter or RateLimiter(rate_limit),
                 switches=switches,
                 metrics=metrics,
             ),

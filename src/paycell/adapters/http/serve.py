@@ -6,13 +6,36 @@ orders close, escrow auto-confirms, trades finish, pending transfers expire) and
 simulated bank answer its instructions, once a second; a second thread, on its own
 connection, delivers webhooks (signed, retried on Alipay's schedule). Several servers on one
 database are safe: every scheduled change is its own command and applies once.
+
+`--workers N` runs N such processes behind one port, for a machine with more than one core:
+one process's HTTP handling, platform and ledger work share one core's worth of GIL. A
+supervisor process reserves the port, starts the workers (the `spawn` start method: nothing
+of the supervisor's state is copied into them) and starts a worker again if it dies. Each
+worker listens on the port with SO_REUSEPORT, so the kernel spreads new connections over them.
+What the workers share lives in a run directory the supervisor makes and removes:
+- the degradation switches (a mapped file: a switch set through any worker holds in all);
+- the per-key rate limits (a mapped table, so N workers do not allow N times the rate);
+- each worker's metrics, published every second, so a scrape of any worker counts them all.
+Worker 0 alone runs the scheduler and the webhook and notify_url delivery; every worker takes
+the answers of its own simulated bank (the bank lives in the process that instructed it).
+Payments go through each worker's own group commit; SQLite writers take turns on the
+database's lock file (adapters/storage/sqlite_writer_queue.py).
 """
 
 import gc
 import logging
+import multiprocessing
+import multiprocessing.connection
+import shutil
 import signal
+import socket
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import IO, Final
 
@@ -22,9 +45,11 @@ from paycell.adapters.alipay.gateway import AlipayGateway
 from paycell.adapters.alipay.notify import AlipayNotifier, HttpNotifySender
 from paycell.adapters.alipay.store import GatewayStore
 from paycell.adapters.http import switches as sw
+from paycell.adapters.http.admission import RateLimiter, create_rate_table
 from paycell.adapters.http.app import create_app
 from paycell.adapters.http.group_commit import DEFAULT_GROUP_COMMIT, GroupCommitConfig
 from paycell.adapters.http.logging_setup import configure_json_logging
+from paycell.adapters.http.metrics import Metrics, MetricsBoard
 from paycell.adapters.storage.platform_factory import open_platform_store
 from paycell.adapters.webhooks.dispatcher import DEFAULT_BATCH, WebhookDispatcher
 from paycell.adapters.webhooks.sender import HttpWebhookSender
@@ -34,19 +59,38 @@ from paycell.service.platform import PlatformConfig
 from paycell.service.webhooks import WebhookService
 
 BACKGROUND_INTERVAL_SECONDS: Final = 1.0
+# Far more processes than any machine this runs on has cores; a typo is not a fork bomb.
+WORKERS_MAX: Final = 64
+# How often a worker publishes its metrics for the others' scrapes.
+METRICS_PUBLISH_SECONDS: Final = 1.0
+# A worker that dies this soon after it started, this many times in a row, is not started
+# again: the server stops (exit status 1) rather than fork a crashing worker forever.
+WORKER_EARLY_DEATH_SECONDS: Final = 10.0
+WORKER_EARLY_DEATHS_MAX: Final = 3
+# How long stopping waits for the workers to finish their requests before it kills them.
+WORKER_STOP_SECONDS: Final = 30.0
+SWITCHES_FILE: Final = "switches"
+RATE_TABLE_FILE: Final = "rate-limits"
 
 _log = logging.getLogger(__name__)
 
 
 def _background_jobs(
-    platform: Platform, lock: threading.RLock, stop: threading.Event, switches: sw.Switches
+    platform: Platform,
+    lock: threading.RLock,
+    stop: threading.Event,
+    switches: sw.Switches,
+    scheduler: bool,
 ) -> None:
+    """Once a second: the scheduler (if `scheduler`), then the simulated bank's answers to
+    the instructions this process gave it. Every worker takes its own bank's answers: the
+    bank lives in the process that instructed it (and signs with its own key)."""
     while not stop.wait(BACKGROUND_INTERVAL_SECONDS):
         try:
             with lock:
                 # The `scheduler` switch pauses the scheduler; the bank's answers (money
                 # already moving) are always taken.
-                if switches.on(sw.SCHEDULER):
+                if scheduler and switches.on(sw.SCHEDULER):
                     platform.run_scheduler()
                 platform.deliver_bank_callbacks()
         except Exception:  # a failed pass is logged and retried next second, never fatal
@@ -104,29 +148,155 @@ def serve(
     admin_key: str,
     out: IO[str],
     group_commit: GroupCommitConfig | None = DEFAULT_GROUP_COMMIT,
+    workers: int = 1,
 ) -> int:
     """Serve until SIGINT or SIGTERM. `group_commit` bounds the groups single payments are
-    paid in (None: each on its own)."""
+    paid in (None: each on its own); `workers` server processes share the port (1: this
+    process serves, with no supervisor)."""
+    if not 1 <= workers <= WORKERS_MAX:
+        raise ValueError(f"workers must be between 1 and {WORKERS_MAX}")
+    plan = WorkerPlan(database, host, port, admin_key, group_commit)
+    if workers > 1:
+        return _supervise(plan, workers, out)
     configure_json_logging()
+    return _run_worker(plan, out, background=True, shared=None)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """What a server process needs to start; picklable, for the spawned workers."""
+
+    database: str
+    host: str
+    port: int
+    admin_key: str
+    group_commit: GroupCommitConfig | None
+    # Set for the workers of a supervisor: their number and the run directory they share.
+    index: int = 0
+    run_directory: str | None = None
+
+
+@dataclass(slots=True)
+class _Shared:
+    """A worker's view of the run directory."""
+
+    switches: sw.Switches
+    limiter: RateLimiter
+    board: MetricsBoard
+    metrics: Metrics
+
+    def close(self) -> None:
+        self.switches.close()
+        self.limiter.close()
+
+
+def _open_shared(plan: WorkerPlan) -> _Shared:
+    assert plan.run_directory is not None
+    run = Path(plan.run_directory)
+    board = MetricsBoard(run, plan.index)
+    metrics = Metrics()
+    predecessor = board.last_published()
+    if predecessor is not None:
+        # A worker started again continues its predecessor's counters: the sums a scrape
+        # shows never go backwards.
+        metrics.resume(predecessor)
+    return _Shared(
+        sw.Switches.attach(run / SWITCHES_FILE),
+        RateLimiter(table=run / RATE_TABLE_FILE),
+        board,
+        metrics,
+    )
+
+
+def _run_worker(
+    plan: WorkerPlan,
+    out: IO[str] | None,
+    *,
+    background: bool,
+    shared: _Shared | None,
+    sockets: Sequence[socket.socket] | None = None,
+) -> int:
+    """One server process: the app, its threads and uvicorn, until SIGINT or SIGTERM.
+    `background`: this process also runs the scheduler and the deliveries (webhooks, Alipay
+    notifications); every process takes its own simulated bank's answers."""
+    database, host, port = plan.database, plan.host, plan.port
     platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
     gateway = AlipayGateway(platform, lock=lock)
-    switches = sw.Switches()
+    switches = shared.switches if shared is not None else sw.Switches()
     app = create_app(
         platform,
-        admin_key=admin_key,
+        admin_key=plan.admin_key,
         lock=lock,
         alipay=gateway,
         switches=switches,
-        group_commit=group_commit,
+        group_commit=plan.group_commit,
+        metrics=shared.metrics if shared is not None else None,
+        rate_limiter=shared.limiter if shared is not None else None,
+        metrics_peers=shared.board.peers if shared is not None else None,
     )
     stop = threading.Event()
+    threads: list[threading.Thread] = []
+    closers: list[Callable[[], None]] = []
     jobs = threading.Thread(
         target=_background_jobs,
-        args=(platform, lock, stop, switches),
+        args=(platform, lock, stop, switches, background),
         name="paycell-jobs",
         daemon=True,
     )
+    jobs.start()
+    threads.append(jobs)
+    if background:
+        threads += _start_deliveries(platform, database, gateway, switches, stop, closers)
+    if shared is not None:
+        threads.append(_start_publisher(app, shared, stop))
+    # loop="auto" and http="auto" take uvloop and httptools when they are installed (they are
+    # dependencies): a faster event loop and HTTP parser than asyncio's and h11, the same
+    # behaviour; without them uvicorn falls back to asyncio and h11.
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", loop="auto", http="auto")
+    )
+    if out is not None:
+        _print_banner(out, database, f"http://{host}:{port}", "")
+    _freeze_startup_heap()
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again; both
+    # end here as a clean exit (status 0) after the background thread and database close.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run(sockets=list(sockets) if sockets else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+        for close in closers:
+            close()
+        # Normally done by the app's lifespan shutdown; again here (it is idempotent) so no
+        # queued payment can outlive the platform's connection.
+        groups = app.state.group_commit
+        if groups is not None:
+            groups.close()
+        if shared is not None:
+            _publish(app, shared)  # the last figures, for a successor to continue from
+            shared.close()
+        gateway.close()
+        with lock:
+            platform.close()
+    return 0 if server.started else 1
+
+
+def _start_deliveries(
+    platform: Platform,
+    database: str,
+    gateway: AlipayGateway,
+    switches: sw.Switches,
+    stop: threading.Event,
+    closers: list[Callable[[], None]],
+) -> list[threading.Thread]:
+    """Webhook delivery and Alipay notifications, started; what they opened is appended to
+    `closers`, to close once the threads are joined."""
     # Webhooks go out from their own connection, outside the platform's lock: a slow merchant
     # endpoint never holds up payments. Leases make several servers on one database safe.
     webhook_store = open_platform_store(database)
@@ -165,47 +335,185 @@ def serve(
         name="paycell-alipay-notify",
         daemon=True,
     )
-    # loop="auto" and http="auto" take uvloop and httptools when they are installed (they are
-    # dependencies): a faster event loop and HTTP parser than asyncio's and h11, the same
-    # behaviour; without them uvicorn falls back to asyncio and h11.
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", loop="auto", http="auto")
+    closers += [
+        notify_sender.close,
+        notify_store.close,
+        notify_orders.close,
+        sender.close,
+        webhook_store.close,
+    ]
+    threads = [webhooks, notifications]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _publish(app: object, shared: _Shared) -> None:
+    state = app.state  # type: ignore[attr-defined]
+    groups = state.group_commit
+    shared.board.publish(
+        shared.metrics.snapshot(state.admission, groups.depth() if groups is not None else None)
     )
-    url = f"http://{host}:{port}"
-    print(f"paycell serve: {database} on {url}", file=out)
+
+
+def _start_publisher(app: object, shared: _Shared, stop: threading.Event) -> threading.Thread:
+    """Publish this worker's metrics every second, for the scrapes other workers answer."""
+
+    def publish() -> None:
+        _publish(app, shared)
+
+    thread = threading.Thread(
+        target=_every_second,
+        args=(publish, "publishing metrics", stop),
+        name="paycell-metrics-publisher",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _every_second(step: Callable[[], object], what: str, stop: threading.Event) -> None:
+    while not stop.wait(METRICS_PUBLISH_SECONDS):
+        try:
+            step()
+        except Exception:  # a failed pass is logged and retried next second, never fatal
+            _log.exception("%s failed; retrying in a second", what)
+
+
+def _print_banner(out: IO[str], database: str, url: str, workers: str) -> None:
+    print(f"paycell serve: {database} on {url}{workers}", file=out)
     print(f"  REST API under {url}/v1, interactive docs at {url}/docs,", file=out)
     print(
         f"  OpenAPI document at {url}/openapi.json; Alipay gateway at {url}/gateway.do;", file=out
     )
     print("  stop with Ctrl-C", file=out, flush=True)
-    jobs.start()
-    webhooks.start()
-    notifications.start()
-    _freeze_startup_heap()
-    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again; both
-    # end here as a clean exit (status 0) after the background thread and database close.
+
+
+# -------------------------------------------------------------------------- workers
+
+
+def _socket_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """Hold `host:port` for the workers: bound with SO_REUSEPORT, never listening, so the
+    kernel hands it no connection. First bound without SO_REUSEPORT, so that a port another
+    server already serves is refused here (address in use) instead of shared with it."""
+    family = _socket_family(host)
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
+    reserved = socket.socket(family, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind((host, port))
+    return reserved
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    listening = socket.socket(_socket_family(host), socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listening.bind((host, port))
+    listening.listen(2048)
+    return listening
+
+
+def worker_main(plan: WorkerPlan) -> None:
+    """A spawned worker's entry point (module level, so the spawn start method can find it)."""
+    configure_json_logging(worker=plan.index)
+    shared = _open_shared(plan)
+    listening = _listen(plan.host, plan.port)
+    status = _run_worker(plan, None, background=plan.index == 0, shared=shared, sockets=[listening])
+    raise SystemExit(status)
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    started: float
+    early_deaths: int = 0
+
+
+def _supervise(plan: WorkerPlan, workers: int, out: IO[str]) -> int:
+    configure_json_logging()
+    # The schema is created (or migrated) once, here, before the workers open the database.
+    Platform(plan.database).close()
+    try:
+        reserved = _reserve_port(plan.host, plan.port)
+    except OSError as problem:
+        print(
+            f"paycell serve: cannot listen on {plan.host}:{plan.port}: {problem}", file=sys.stderr
+        )
+        return 1
+    run = Path(tempfile.mkdtemp(prefix="paycell-serve-"))
+    port = reserved.getsockname()[1]
+    base = replace(plan, port=port, run_directory=str(run))
+    sw.Switches.create_shared(run / SWITCHES_FILE).close()
+    create_rate_table(run / RATE_TABLE_FILE)
+    context = multiprocessing.get_context("spawn")
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=worker_main,
+            args=(replace(base, index=index),),
+            name=f"paycell-worker-{index}",
+        )
+        process.start()
+        return process
+
+    running: dict[int, _Worker] = {}
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run()
+        for index in range(workers):
+            running[index] = _Worker(start(index), time.monotonic())
+        _print_banner(out, plan.database, f"http://{plan.host}:{port}", f" ({workers} workers)")
+        return _watch(running, start)
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop.set()
-        jobs.join(timeout=10)
-        webhooks.join(timeout=15)
-        notifications.join(timeout=15)
-        notify_sender.close()
-        notify_store.close()
-        notify_orders.close()
-        # Normally done by the app's lifespan shutdown; again here (it is idempotent) so no
-        # queued payment can outlive the platform's connection.
-        groups = app.state.group_commit
-        if groups is not None:
-            groups.close()
-        gateway.close()
-        sender.close()
-        webhook_store.close()
-        with lock:
-            platform.close()
-    return 0 if server.started else 1
+        _stop_workers([worker.process for worker in running.values()])
+        reserved.close()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _watch(
+    running: dict[int, _Worker], start: Callable[[int], multiprocessing.process.BaseProcess]
+) -> int:
+    """Start a worker again whenever one dies, until SIGINT/SIGTERM (KeyboardInterrupt)
+    or a worker that keeps dying at startup (exit status 1)."""
+    while True:
+        sentinels = {worker.process.sentinel: index for index, worker in running.items()}
+        for ended in multiprocessing.connection.wait(list(sentinels)):
+            index = sentinels[ended]  # type: ignore[index]
+            worker = running[index]
+            worker.process.join()
+            lived = time.monotonic() - worker.started
+            early = worker.early_deaths + 1 if lived < WORKER_EARLY_DEATH_SECONDS else 0
+            process = worker.process
+            _log.error(
+                "worker %d (pid %s) exited with status %s after %.1f s; starting it again",
+                *(index, process.pid, process.exitcode, lived),
+            )
+            if early >= WORKER_EARLY_DEATHS_MAX:
+                _log.error("worker %d keeps dying at startup; stopping the server", index)
+                return 1
+            running[index] = _Worker(start(index), time.monotonic(), early)
+
+
+def _stop_workers(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """SIGTERM to every worker (each finishes its requests and closes its database), then
+    SIGKILL to any still running after WORKER_STOP_SECONDS."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + WORKER_STOP_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            _log.error("worker pid %s did not stop in time; killing it", process.pid)
+            process.kill()
+            process.join()

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --start-server: an SQLite file or postgresql:// URL (default: a temp file)",
     )
     parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="with --start-server: the server's worker processes (`paycell serve --workers`)",
+    )
+    parser.add_argument(
         "--admin-key",
         default=os.environ.get("PAYCELL_ADMIN_KEY", ""),
         help="the server's admin key (default: $PAYCELL_ADMIN_KEY; generated with --start-server)",
@@ -95,6 +101,10 @@ def _check_arguments(arguments: argparse.Namespace) -> str | None:
         return "--hot-merchant-share must be in [0, 1] and --query-share in [0, 1)"
     if arguments.loadtest_database and not arguments.start_server:
         return "--database goes with --start-server (with --url the server has its own)"
+    if arguments.server_workers != 1 and not arguments.start_server:
+        return "--server-workers goes with --start-server (with --url the server is running)"
+    if arguments.server_workers < 1:
+        return "--server-workers must be at least 1"
     if arguments.url and not arguments.admin_key:
         return "--url needs --admin-key (or $PAYCELL_ADMIN_KEY)"
     return None
@@ -200,7 +210,9 @@ def run(arguments: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     )
     try:
         if arguments.start_server:
-            server = start_server(database, admin_key, str(Path(workdir) / "server.log"))
+            server = start_server(
+                database, admin_key, str(Path(workdir) / "server.log"), arguments.server_workers
+            )
             url = server.url
             say(f"  server started on {url} with {database} (log {server.log_path})")
         else:

@@ -45,12 +45,14 @@ class StartedServer:
         return self.process.returncode
 
 
-def start_server(database: str, admin_key: str, log_path: str) -> StartedServer:
+def start_server(database: str, admin_key: str, log_path: str, workers: int = 1) -> StartedServer:
+    """`paycell serve --workers N` on a free loopback port, up and answering."""
     port = free_port()
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "paycell.adapters.cli.main", "serve",
-             "--database", database, "--host", "127.0.0.1", "--port", str(port)],
+             "--database", database, "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(workers)],
             env={**os.environ, "PAYCELL_ADMIN_KEY": admin_key},
             stdout=log,
             stderr=subprocess.STDOUT,

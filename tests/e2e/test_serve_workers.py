@@ -1,0 +1,188 @@
+"""`paycell serve --workers 2` as real processes: one port, one database, two workers.
+
+Connections reach both workers; a switch set through one holds in both; a scrape of either
+counts the requests of both; a worker killed with SIGKILL is started again while the other
+keeps serving, and the counters do not go backwards; SIGTERM stops the supervisor and every
+worker cleanly, and the books balance.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from paycell.platform import Platform
+
+ADMIN_KEY = "workers-test-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+STARTUP_SECONDS = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _workers_of(supervisor: int) -> set[int]:
+    """The supervisor's worker processes (spawned: their command line names spawn_main)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == supervisor and b"spawn_main" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def _fresh_get(base: str, path: str) -> httpx.Response:
+    """A request on a new connection, so that the kernel picks a worker for it again."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        return client.get(path, headers=ADMIN)
+
+
+def _counted_requests(metrics: str, route: str) -> int:
+    pattern = re.compile(rf'^paycell_http_requests_total\{{route="{re.escape(route)}".*\}} (\d+)$')
+    return sum(int(m.group(1)) for m in map(pattern.match, metrics.splitlines()) if m)
+
+
+def _pay_orders_through_both_workers(base: str, orders: int) -> None:
+    """Orders paid concurrently on new connections (so through both workers): each is paid
+    once, and the merchant's balance (no fee) is exactly their sum."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        user = client.post("/v1/admin/users", json={"name": "Li"}, headers=ADMIN).json()
+        merchant = client.post(
+            "/v1/admin/merchants",
+            json={"name": "Tea", "fee_rate_basis_points": 0, "settlement_bank_account": "1"},
+            headers=ADMIN,
+        ).json()
+        buyer = {"Authorization": f"Bearer {user['api_key']}"}
+        shop = {"Authorization": f"Bearer {merchant['api_key']}"}
+    # Eight top-ups on new connections, so both workers instruct their bank: each worker
+    # must take its own bank's answers.
+    for number in range(8):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            top_up = {"request_no": f"T-{number}", "amount": 125_00}
+            assert client.post("/v1/wallet/top-ups", json=top_up, headers=buyer).is_success
+    with httpx.Client(base_url=base, timeout=10) as client:
+        _wait_until(
+            lambda: client.get("/v1/wallet", headers=buyer).json()["available"] == 1_000_00,
+            15,
+            "the top-ups",
+        )
+        ids = [
+            client.post(
+                "/v1/orders", json={"out_trade_no": f"W-{n}", "amount": 1_00 + n}, headers=shop
+            ).json()["id"]
+            for n in range(orders)
+        ]
+
+    def pay(order_id: str) -> str:
+        with httpx.Client(base_url=base, timeout=30) as payer:
+            status: str = payer.post(f"/v1/orders/{order_id}/pay", headers=buyer).json()["status"]
+            return status
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(pay, ids)) == ["TRADE_SUCCESS"] * orders
+    with httpx.Client(base_url=base, timeout=10) as client:
+        balance = client.get("/v1/balance", headers=shop).json()["available"]
+    assert balance == sum(1_00 + n for n in range(orders))
+
+
+def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path) -> None:
+    database = tmp_path / "served.db"
+    run_directories = tmp_path / "tmp"
+    run_directories.mkdir()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY, "TMPDIR": str(run_directories)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+
+        def both_listen() -> bool:
+            assert server.poll() is None, server.communicate()
+            try:
+                return _fresh_get(base, "/v1/admin/switches").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_until(both_listen, STARTUP_SECONDS, "the server")
+        assert [path.name[:14] for path in run_directories.iterdir()] == ["paycell-serve-"]
+        _pay_orders_through_both_workers(base, 40)
+        # Forty new connections: the kernel spreads them over both workers.
+        for _ in range(40):
+            assert _fresh_get(base, "/v1/admin/switches").status_code == 200
+
+        with httpx.Client(base_url=base, timeout=10) as client:
+            turned = client.put("/v1/admin/switches", json={"reports": "off"}, headers=ADMIN)
+            assert turned.json()["reports"] == "off"
+        for _ in range(20):
+            assert _fresh_get(base, "/v1/admin/switches").json()["reports"] == "off"
+
+        # 1 wait + 40 + 20 GETs (plus the wait's earlier tries, which got no answer).
+        def scraped() -> int:
+            return _counted_requests(_fresh_get(base, "/metrics").text, "/v1/admin/switches")
+
+        _wait_until(lambda: scraped() >= 62, 10, "both workers' requests in one scrape")
+        assert "paycell_workers 2" in _fresh_get(base, "/metrics").text
+        before_kill = scraped()
+
+        # A worker killed outright is started again; the other serves meanwhile.
+        victim = min(_workers_of(server.pid))
+        os.kill(victim, signal.SIGKILL)
+        _wait_until(
+            lambda: len(_workers_of(server.pid) - {victim}) == 2, STARTUP_SECONDS, "a new worker"
+        )
+        _wait_until(lambda: "paycell_workers 2" in _fresh_get(base, "/metrics").text, 10, "2")
+        for _ in range(20):
+            assert _fresh_get(base, "/v1/admin/switches").json()["reports"] == "off"
+        assert scraped() >= before_kill
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            output, errors = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output, errors = server.communicate()
+    assert server.returncode == 0, errors
+    assert f"http://127.0.0.1:{port} (2 workers)" in output
+    logged = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+    served_by = {line.get("worker") for line in logged if line["logger"] == "paycell.access"}
+    assert served_by == {0, 1}
+    assert any("exited with status -9" in line["message"] for line in logged)
+    assert _workers_of(server.pid) == set()
+    assert list(run_directories.iterdir()) == []  # the run directory is removed
+    with Platform(str(database)) as platform:
+        assert platform.verify().ok
