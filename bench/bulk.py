@@ -8,6 +8,11 @@ database transaction.
 
     .venv/bin/python bench/bulk.py --requests 10
     .venv/bin/python bench/bulk.py --backend postgres     # a throwaway PostgreSQL server
+    .venv/bin/python bench/bulk.py --workers 2 --concurrency 2 --requests 20
+
+With `--workers N` the server is `paycell serve --workers N` in processes of its own (the
+payment codes are issued beforehand on the same database), and `--concurrency` clients send
+the requests at once; the figure is then every payment over the wall time of all requests.
 """
 
 import argparse
@@ -15,10 +20,12 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import uvicorn
@@ -44,6 +51,13 @@ def main() -> int:
         default="sqlite",
         help="postgres: start a throwaway PostgreSQL server on a loopback port and use it",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve with `paycell serve --workers N` (default: in this process)",
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     arguments = parser.parse_args()
     if arguments.backend == "postgres" and not arguments.database:
         from paycell.adapters.storage.throwaway_postgres import PostgresServer
@@ -57,6 +71,8 @@ def main() -> int:
 
 def _bench(arguments: argparse.Namespace) -> int:
     os.environ.setdefault(ACCESS_LOG_ENVIRONMENT_VARIABLE, "off")
+    if arguments.workers:
+        return _bench_workers(arguments)
 
     directory = tempfile.TemporaryDirectory(prefix="paycell-bulk-")
     database = arguments.database or os.path.join(directory.name, "bulk.db")
@@ -122,6 +138,91 @@ def _bench(arguments: argparse.Namespace) -> int:
                 "paid": paid,
                 "payments_per_second_median": round(arguments.items / median),
                 "request_seconds_median": round(median, 3),
+                "verify_ok": report.ok,
+            }
+        )
+    )
+    directory.cleanup()
+    return 0 if report.ok and paid == arguments.requests * arguments.items else 1
+
+
+def _bench_workers(arguments: argparse.Namespace) -> int:
+    directory = tempfile.TemporaryDirectory(prefix="paycell-bulk-")
+    database = arguments.database or os.path.join(directory.name, "bulk.db")
+    platform = Platform(database)
+    gateway = AlipayGateway(platform)
+    print("setting up buyers, a merchant and the payment codes", file=sys.stderr)
+    buyers = [platform.create_user(f"buyer {n}") for n in range(arguments.buyers)]
+    for buyer in buyers:
+        assert platform.request_top_up(buyer.id, "bench", 10_000_000_00).ok
+    platform.deliver_bank_callbacks()
+    merchant = platform.create_merchant(
+        "shop", fee_rate_basis_points=60, settlement_bank_account="1"
+    )
+    key = platform.issue_api_key(PartyKind.MERCHANT, merchant.id)
+    bodies = [
+        {
+            "items": [
+                {
+                    "out_trade_no": f"B{number}-{i}",
+                    "amount": 100 + i,
+                    "payment_code": gateway.issue_payment_code(buyers[i % len(buyers)].id).code,
+                }
+                for i in range(arguments.items)
+            ]
+        }
+        for number in range(arguments.requests)
+    ]
+    gateway.close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", database,
+         "--port", str(port), "--workers", str(arguments.workers)],
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY}, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.1)
+        time.sleep(1)  # every worker listening
+
+        def send(body: dict[str, object]) -> int:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                response = client.post(
+                    "/v1/orders/bulk-pay", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+            assert response.status_code == 200, response.text
+            return int(response.json()["paid"])
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(arguments.concurrency) as pool:
+            paid = sum(pool.map(send, bodies))
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    report = platform.verify()
+    platform.close()
+    print(
+        json.dumps(
+            {
+                "bench": "bulk_pay_http_workers",
+                "backend": "postgres" if database.startswith("postgres") else "sqlite",
+                "workers": arguments.workers,
+                "concurrency": arguments.concurrency,
+                "requests": arguments.requests,
+                "items_per_request": arguments.items,
+                "paid": paid,
+                "payments_per_second": round(paid / elapsed),
                 "verify_ok": report.ok,
             }
         )
