@@ -6,6 +6,7 @@ keeps serving, and the counters do not go backwards; SIGTERM stops the superviso
 worker cleanly, and the books balance.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -182,7 +183,77 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
     served_by = {line.get("worker") for line in logged if line["logger"] == "paycell.access"}
     assert served_by == {0, 1}
     assert any("exited with status -9" in line["message"] for line in logged)
+    # Every worker stopped on the supervisor's SIGTERM, none had to be killed.
+    assert not any("did not stop in time" in line["message"] for line in logged)
     assert _workers_of(server.pid) == set()
     assert list(run_directories.iterdir()) == []  # the run directory is removed
     with Platform(str(database)) as platform:
         assert platform.verify().ok
+
+
+def _serve_two_workers(database: Path, port: int) -> "subprocess.Popen[str]":
+    """The server in a process group of its own, as a terminal's foreground job is."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _answers(port: int) -> bool:
+    try:
+        return _fresh_get(f"http://127.0.0.1:{port}", "/v1/admin/switches").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_second_server_is_refused_the_port_and_ctrl_c_stops_the_first_cleanly(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    server = _serve_two_workers(tmp_path / "served.db", port)
+    _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+    _wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
+    # A second server on the same port is refused, never let to share it.
+    second = _serve_two_workers(tmp_path / "other.db", port)
+    _, refusal = second.communicate(timeout=60)
+    assert second.returncode == 1
+    assert "cannot listen on 127.0.0.1" in refusal
+    assert not (tmp_path / "other.db").exists()  # refused before it touched a database
+    workers = _workers_of(server.pid)
+    os.killpg(server.pid, signal.SIGINT)
+    _, errors = server.communicate(timeout=60)
+    assert server.returncode == 0, errors
+    assert "starting it again" not in errors  # a worker's stop is not taken for a crash
+    _wait_until(lambda: not any(map(_alive, workers)), 10, "the workers to end")
+
+
+def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    port = _free_port()
+    server = _serve_two_workers(tmp_path / "served.db", port)
+    try:
+        _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+        _wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
+        workers = _workers_of(server.pid)
+        server.kill()
+        server.wait(timeout=30)
+        # Orphans would serve on and hold the port a new server needs.
+        _wait_until(lambda: not any(map(_alive, workers)), 15, "the orphaned workers to end")
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # whatever is left of the group

@@ -1157,6 +1157,8 @@ def create_app(
         raise ValueError("an admin key is required")
     if body_limit_bytes <= 0:
         raise ValueError("body_limit_bytes must be positive")
+    if rate_limit is not None and rate_limiter is not None:
+        raise ValueError("pass rate_limit or rate_limiter, not both (the limiter has its limit)")
     api = _Api(platform, admin_key, body_limit_bytes, lock or threading.RLock())
     gateway = alipay or AlipayGateway(platform, lock=api.lock)
     switches = switches or Switches()

@@ -22,10 +22,13 @@ Payments go through each worker's own group commit; SQLite writers take turns on
 database's lock file (adapters/storage/sqlite_writer_queue.py).
 """
 
+import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import shutil
 import signal
 import socket
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -63,12 +66,18 @@ BACKGROUND_INTERVAL_SECONDS: Final = 1.0
 WORKERS_MAX: Final = 64
 # How often a worker publishes its metrics for the others' scrapes.
 METRICS_PUBLISH_SECONDS: Final = 1.0
-# A worker that dies this soon after it started, this many times in a row, is not started
-# again: the server stops (exit status 1) rather than fork a crashing worker forever.
+# A worker that dies this soon after it started, this many times in a row, is failing at
+# startup; when every worker is, nothing serves, and the server stops (exit status 1) rather
+# than start crashing workers forever.
 WORKER_EARLY_DEATH_SECONDS: Final = 10.0
 WORKER_EARLY_DEATHS_MAX: Final = 3
 # How long stopping waits for the workers to finish their requests before it kills them.
 WORKER_STOP_SECONDS: Final = 30.0
+# How long a worker that died soon after it started waits before it is started again: the
+# first time at once, then doubling (a database that cannot be opened is not retried in a
+# tight loop).
+WORKER_RESTART_DELAY_SECONDS_MAX: Final = 30.0
+_PR_SET_PDEATHSIG: Final = 1
 SWITCHES_FILE: Final = "switches"
 RATE_TABLE_FILE: Final = "rate-limits"
 
@@ -95,6 +104,13 @@ def _background_jobs(
                 platform.deliver_bank_callbacks()
         except Exception:  # a failed pass is logged and retried next second, never fatal
             _log.exception("background jobs failed; retrying in a second")
+    # Stopping: the instructions of the last second still get their answers, so no top-up or
+    # withdrawal is left pending by a restart (the bank lives in this process).
+    try:
+        with lock:
+            platform.deliver_bank_callbacks()
+    except Exception:
+        _log.exception("the bank's last answers failed")
 
 
 def _while_switched_on(
@@ -171,9 +187,11 @@ class WorkerPlan:
     port: int
     admin_key: str
     group_commit: GroupCommitConfig | None
-    # Set for the workers of a supervisor: their number and the run directory they share.
+    # Set for the workers of a supervisor: their number, the run directory they share and
+    # the supervisor's pid.
     index: int = 0
     run_directory: str | None = None
+    supervisor_pid: int = 0
 
 
 @dataclass(slots=True)
@@ -193,6 +211,7 @@ class _Shared:
 def _open_shared(plan: WorkerPlan) -> _Shared:
     assert plan.run_directory is not None
     run = Path(plan.run_directory)
+    _recreate_if_missing(run)
     board = MetricsBoard(run, plan.index)
     metrics = Metrics()
     predecessor = board.last_published()
@@ -208,17 +227,32 @@ def _open_shared(plan: WorkerPlan) -> _Shared:
     )
 
 
+def _recreate_if_missing(run: Path) -> None:
+    """A temporary-file cleaner may have removed the run directory's files while the server
+    ran (mapped files' times do not change when read): a worker started again makes them
+    afresh rather than die at every start."""
+    run.mkdir(mode=0o700, exist_ok=True)
+    if not (run / SWITCHES_FILE).exists():
+        _log.warning("the switches file is gone from %s; every switch starts normal", run)
+        sw.Switches.create_shared(run / SWITCHES_FILE).close()
+    if not (run / RATE_TABLE_FILE).exists():
+        _log.warning("the rate limit table is gone from %s; every key starts afresh", run)
+        create_rate_table(run / RATE_TABLE_FILE)
+
+
 def _run_worker(
     plan: WorkerPlan,
     out: IO[str] | None,
     *,
     background: bool,
     shared: _Shared | None,
-    sockets: Sequence[socket.socket] | None = None,
+    listen: Callable[[], socket.socket] | None = None,
 ) -> int:
     """One server process: the app, its threads and uvicorn, until SIGINT or SIGTERM.
     `background`: this process also runs the scheduler and the deliveries (webhooks, Alipay
-    notifications); every process takes its own simulated bank's answers."""
+    notifications); every process takes its own simulated bank's answers. `listen` makes
+    the listening socket (None: uvicorn binds host:port), just before serving: a worker
+    gets no connection before it can answer it."""
     database, host, port = plan.database, plan.host, plan.port
     platform = Platform(database, config=PlatformConfig(daily_settlement=True))
     lock = threading.RLock()
@@ -263,7 +297,7 @@ def _run_worker(
     # end here as a clean exit (status 0) after the background thread and database close.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run(sockets=list(sockets) if sockets else None)
+        server.run(sockets=[listen()] if listen is not None else None)
     except KeyboardInterrupt:
         pass
     finally:
@@ -373,7 +407,12 @@ def _start_publisher(app: object, shared: _Shared, stop: threading.Event) -> thr
 
 
 def _every_second(step: Callable[[], object], what: str, stop: threading.Event) -> None:
+    supervisor = os.getppid()
     while not stop.wait(METRICS_PUBLISH_SECONDS):
+        if os.getppid() != supervisor:
+            _log.error("the supervisor is gone; this worker stops")
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+            return
         try:
             step()
         except Exception:  # a failed pass is logged and retried next second, never fatal
@@ -406,7 +445,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         probe.bind((host, port))
         port = probe.getsockname()[1]
     reserved = socket.socket(family, socket.SOCK_STREAM)
-    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # SO_REUSEPORT without SO_REUSEADDR: another server's probe (which has SO_REUSEADDR)
+    # is then refused while this one holds the port, even before its workers listen.
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     reserved.bind((host, port))
     return reserved
@@ -423,24 +463,48 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def worker_main(plan: WorkerPlan) -> None:
     """A spawned worker's entry point (module level, so the spawn start method can find it)."""
+    # The supervisor held these back while it started this process, and a signal mask is
+    # inherited: without this, the worker would never hear SIGTERM.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    _end_with_the_supervisor(plan.supervisor_pid)
     configure_json_logging(worker=plan.index)
     shared = _open_shared(plan)
-    listening = _listen(plan.host, plan.port)
-    status = _run_worker(plan, None, background=plan.index == 0, shared=shared, sockets=[listening])
+    status = _run_worker(
+        plan,
+        None,
+        background=plan.index == 0,
+        shared=shared,
+        listen=lambda: _listen(plan.host, plan.port),
+    )
     raise SystemExit(status)
+
+
+def _end_with_the_supervisor(supervisor: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (killed, crashed), so a worker
+    never serves on, orphaned, holding the port a new server needs. Linux's prctl; the
+    metrics publisher also checks the parent every second, for the race at startup and for
+    systems without it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        raise SystemExit(0)  # it died before the request was made
 
 
 @dataclass(slots=True)
 class _Worker:
-    process: multiprocessing.process.BaseProcess
+    process: multiprocessing.process.BaseProcess | None
     started: float
     early_deaths: int = 0
+    # When a worker waiting to be started again is due (monotonic seconds).
+    due: float = 0.0
+
+
+_STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
 
 
 def _supervise(plan: WorkerPlan, workers: int, out: IO[str]) -> int:
     configure_json_logging()
-    # The schema is created (or migrated) once, here, before the workers open the database.
-    Platform(plan.database).close()
     try:
         reserved = _reserve_port(plan.host, plan.port)
     except OSError as problem:
@@ -450,58 +514,97 @@ def _supervise(plan: WorkerPlan, workers: int, out: IO[str]) -> int:
         return 1
     run = Path(tempfile.mkdtemp(prefix="paycell-serve-"))
     port = reserved.getsockname()[1]
-    base = replace(plan, port=port, run_directory=str(run))
-    sw.Switches.create_shared(run / SWITCHES_FILE).close()
-    create_rate_table(run / RATE_TABLE_FILE)
+    base = replace(plan, port=port, run_directory=str(run), supervisor_pid=os.getpid())
     context = multiprocessing.get_context("spawn")
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=worker_main,
-            args=(replace(base, index=index),),
-            name=f"paycell-worker-{index}",
+            target=worker_main, args=(replace(base, index=index),), name=f"paycell-worker-{index}"
         )
         process.start()
         return process
 
     running: dict[int, _Worker] = {}
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a supervisor started with SIGINT ignored (`&` in a script) would otherwise
+    # watch its workers stop on Ctrl-C and start them again.
+    previous = {number: signal.signal(number, _interrupt) for number in _STOP_SIGNALS}
     try:
+        # The schema is created (or migrated) once, here, before the workers open it.
+        Platform(plan.database).close()
+        sw.Switches.create_shared(run / SWITCHES_FILE).close()
+        create_rate_table(run / RATE_TABLE_FILE)
         for index in range(workers):
-            running[index] = _Worker(start(index), time.monotonic())
+            running[index] = _Worker(_started(start, index), time.monotonic())
         _print_banner(out, plan.database, f"http://{plan.host}:{port}", f" ({workers} workers)")
         return _watch(running, start)
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop_workers([worker.process for worker in running.values()])
+        # A second Ctrl-C or SIGTERM must not cut the stop short: it is bounded by itself.
+        for number in _STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        _stop_workers(multiprocessing.active_children())
         reserved.close()
         shutil.rmtree(run, ignore_errors=True)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _started(
+    start: Callable[[int], multiprocessing.process.BaseProcess], index: int
+) -> multiprocessing.process.BaseProcess:
+    """Start worker `index` with SIGINT and SIGTERM held back until the supervisor knows of
+    it, so a stop that arrives meanwhile still stops it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return start(index)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _watch(
     running: dict[int, _Worker], start: Callable[[int], multiprocessing.process.BaseProcess]
 ) -> int:
-    """Start a worker again whenever one dies, until SIGINT/SIGTERM (KeyboardInterrupt)
-    or a worker that keeps dying at startup (exit status 1)."""
+    """Start a worker again whenever one dies, until SIGINT/SIGTERM (KeyboardInterrupt).
+    One that dies within WORKER_EARLY_DEATH_SECONDS of starting waits longer each time before
+    it is started again; if every worker keeps dying so, nothing serves, and the server
+    stops (exit status 1)."""
     while True:
-        sentinels = {worker.process.sentinel: index for index, worker in running.items()}
-        for ended in multiprocessing.connection.wait(list(sentinels)):
+        now = time.monotonic()
+        for index, worker in running.items():
+            if worker.process is None and worker.due <= now:
+                worker.process, worker.started = _started(start, index), now
+        sentinels = {
+            worker.process.sentinel: index
+            for index, worker in running.items()
+            if worker.process is not None
+        }
+        waiting = [worker.due for worker in running.values() if worker.process is None]
+        timeout = max(0.0, min(waiting) - now) if waiting else None
+        for ended in multiprocessing.connection.wait(list(sentinels), timeout):
             index = sentinels[ended]  # type: ignore[index]
             worker = running[index]
+            assert worker.process is not None
             worker.process.join()
             lived = time.monotonic() - worker.started
             early = worker.early_deaths + 1 if lived < WORKER_EARLY_DEATH_SECONDS else 0
-            process = worker.process
+            delay = 0.0 if early <= 1 else min(2.0 ** (early - 1), WORKER_RESTART_DELAY_SECONDS_MAX)
             _log.error(
-                "worker %d (pid %s) exited with status %s after %.1f s; starting it again",
-                *(index, process.pid, process.exitcode, lived),
+                "worker %d (pid %s) exited with status %s after %.1f s; starting it again%s",
+                *(index, worker.process.pid, worker.process.exitcode, lived),
+                f" in {delay:.0f} s" if delay else "",
             )
-            if early >= WORKER_EARLY_DEATHS_MAX:
-                _log.error("worker %d keeps dying at startup; stopping the server", index)
-                return 1
-            running[index] = _Worker(start(index), time.monotonic(), early)
+            running[index] = _Worker(None, worker.started, early, time.monotonic() + delay)
+        now = time.monotonic()
+        if all(
+            worker.early_deaths >= WORKER_EARLY_DEATHS_MAX
+            and not (
+                worker.process is not None and now - worker.started >= WORKER_EARLY_DEATH_SECONDS
+            )
+            for worker in running.values()
+        ):
+            _log.error("every worker keeps dying at startup; stopping the server")
+            return 1
 
 
 def _stop_workers(processes: list[multiprocessing.process.BaseProcess]) -> None:
