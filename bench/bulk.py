@@ -180,8 +180,12 @@ def _bench_workers(arguments: argparse.Namespace) -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", database,
          "--port", str(port), "--workers", str(arguments.workers)],
-        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY}, stdout=subprocess.DEVNULL,
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY}, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    # The banner comes once every worker listens: requests are then spread over all of them.
+    assert server.stdout is not None
+    if not any("stop with Ctrl-C" in line for line in server.stdout):
+        raise SystemExit("the server did not start")
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -193,7 +197,6 @@ def _bench_workers(arguments: argparse.Namespace) -> int:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the server did not start") from None
                 time.sleep(0.1)
-        time.sleep(1)  # every worker listening
 
         def send(body: dict[str, object]) -> int:
             with httpx.Client(base_url=base, timeout=120) as client:

@@ -10,6 +10,11 @@ at a time. Prints one JSON line per run: payments/s (2xx answers over the wall t
 run), the status counts and latency percentiles.
 
     .venv/bin/python bench/single_pay.py --runs 5 --payments 6000 --clients 64
+    .venv/bin/python bench/single_pay.py --serve-argument=--workers=2     # two server workers
+    .venv/bin/python bench/single_pay.py --wallet-queries                 # reads instead
+
+`--wallet-queries` sends `GET /v1/wallet` (the buyer's balance) instead of each payment: a
+read, which takes no writer lock, for comparing how reads and payments scale with workers.
 """
 
 import argparse
@@ -59,16 +64,28 @@ def _prepare(database: str, buyers: int, payments: int) -> list[tuple[int, str]]
     return work
 
 
+def _request(order_id: int, key: str, query: bool) -> bytes:
+    if query:
+        return (
+            f"GET /v1/wallet HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+        ).encode()
+    return (
+        f"POST /v1/orders/{order_id}/pay HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 async def _client(
-    port: int, share: list[tuple[int, str]], statuses: dict[int, int], latencies: list[float]
+    port: int,
+    share: list[tuple[int, str]],
+    statuses: dict[int, int],
+    latencies: list[float],
+    query: bool,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for order_id, key in share:
-            request = (
-                f"POST /v1/orders/{order_id}/pay HTTP/1.1\r\nHost: bench\r\n"
-                f"Authorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n"
-            ).encode()
+            request = _request(order_id, key, query)
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -84,12 +101,14 @@ async def _client(
         writer.close()
 
 
-async def _drive(port: int, work: list[tuple[int, str]], clients: int) -> dict[str, object]:
+async def _drive(
+    port: int, work: list[tuple[int, str]], clients: int, query: bool = False
+) -> dict[str, object]:
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     shares = [work[index::clients] for index in range(clients)]
     started = time.perf_counter()
-    await asyncio.gather(*(_client(port, share, statuses, latencies) for share in shares))
+    await asyncio.gather(*(_client(port, share, statuses, latencies, query) for share in shares))
     elapsed = time.perf_counter() - started
     latencies.sort()
     ok = sum(count for status, count in statuses.items() if 200 <= status < 300)
@@ -102,7 +121,17 @@ async def _drive(port: int, work: list[tuple[int, str]], clients: int) -> dict[s
     }
 
 
-def _wait_for_port(port: int, process: "subprocess.Popen[bytes]") -> None:
+def _wait_for_banner(process: "subprocess.Popen[str]") -> None:
+    """Until the server printed its banner: with several workers, once all of them listen,
+    so that the clients' connections are spread over every worker."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "stop with Ctrl-C" in line:
+            return
+    raise SystemExit(f"the server exited with {process.wait()}")
+
+
+def _wait_for_port(port: int, process: "subprocess.Popen[str]") -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -122,6 +151,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
     parser.add_argument("--buyers", type=int, default=200)
     parser.add_argument("--database", help="a PostgreSQL URL (default: a fresh SQLite file)")
+    parser.add_argument("--wallet-queries", action="store_true",
+                        help="GET /v1/wallet instead of paying (a read per request)")  # fmt: skip
     parser.add_argument("--serve-argument", action="append", default=[],
                         help="passed on to `paycell serve` (repeat)")  # fmt: skip
     arguments = parser.parse_args()
@@ -136,11 +167,14 @@ def main() -> int:
             process = subprocess.Popen(
                 [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database",
                  database, "--port", str(port), *arguments.serve_argument],
-                env=environment, stdout=subprocess.DEVNULL,
+                env=environment, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             try:
+                _wait_for_banner(process)
                 _wait_for_port(port, process)
-                result = asyncio.run(_drive(port, work, arguments.clients))
+                result = asyncio.run(
+                    _drive(port, work, arguments.clients, arguments.wallet_queries)
+                )
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -152,6 +186,8 @@ def main() -> int:
         json.dumps(
             {
                 "bench": "single_pay",
+                "requests": "GET /v1/wallet" if arguments.wallet_queries else "pay",
+                "server_arguments": arguments.serve_argument,
                 "clients": arguments.clients,
                 "payments_per_run": arguments.payments,
                 "median_payments_per_second": statistics.median(rates),

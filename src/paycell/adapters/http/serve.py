@@ -461,8 +461,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return listening
 
 
-def worker_main(plan: WorkerPlan) -> None:
-    """A spawned worker's entry point (module level, so the spawn start method can find it)."""
+def worker_main(plan: WorkerPlan, ready: "multiprocessing.SimpleQueue[int] | None" = None) -> None:
+    """A spawned worker's entry point (module level, so the spawn start method can find it).
+    Puts its index on `ready` once it listens."""
     # The supervisor held these back while it started this process, and a signal mask is
     # inherited: without this, the worker would never hear SIGTERM.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -474,9 +475,18 @@ def worker_main(plan: WorkerPlan) -> None:
         None,
         background=plan.index == 0,
         shared=shared,
-        listen=lambda: _listen(plan.host, plan.port),
+        listen=lambda: _listen_and_say(plan, ready),
     )
     raise SystemExit(status)
+
+
+def _listen_and_say(
+    plan: WorkerPlan, ready: "multiprocessing.SimpleQueue[int] | None"
+) -> socket.socket:
+    listening = _listen(plan.host, plan.port)
+    if ready is not None:
+        ready.put(plan.index)
+    return listening
 
 
 def _end_with_the_supervisor(supervisor: int) -> None:
@@ -516,10 +526,13 @@ def _supervise(plan: WorkerPlan, workers: int, out: IO[str]) -> int:
     port = reserved.getsockname()[1]
     base = replace(plan, port=port, run_directory=str(run), supervisor_pid=os.getpid())
     context = multiprocessing.get_context("spawn")
+    ready: multiprocessing.SimpleQueue[int] = context.SimpleQueue()
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=worker_main, args=(replace(base, index=index),), name=f"paycell-worker-{index}"
+            target=worker_main,
+            args=(replace(base, index=index), ready),
+            name=f"paycell-worker-{index}",
         )
         process.start()
         return process
@@ -535,8 +548,12 @@ def _supervise(plan: WorkerPlan, workers: int, out: IO[str]) -> int:
         create_rate_table(run / RATE_TABLE_FILE)
         for index in range(workers):
             running[index] = _Worker(_started(start, index), time.monotonic())
+        # The banner once every worker listens: a client that waits for it (a benchmark, a
+        # deploy script) is spread over all of them, not over the first to be ready.
+        # (If one died first, it is started again, and the log says so.)
+        _all_listening(ready, running)
         _print_banner(out, plan.database, f"http://{plan.host}:{port}", f" ({workers} workers)")
-        return _watch(running, start)
+        return _watch(running, start, ready)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -562,8 +579,23 @@ def _started(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
+def _all_listening(ready: "multiprocessing.SimpleQueue[int]", running: dict[int, _Worker]) -> bool:
+    """Wait until every worker said it listens; False if one died first (the watch then
+    starts it again, and the banner is not printed)."""
+    listening: set[int] = set()
+    while len(listening) < len(running):
+        sentinels = [worker.process.sentinel for worker in running.values() if worker.process]
+        for event in multiprocessing.connection.wait([ready._reader, *sentinels]):  # type: ignore[attr-defined]
+            if event is not ready._reader:  # type: ignore[attr-defined]
+                return False
+            listening.add(ready.get())
+    return True
+
+
 def _watch(
-    running: dict[int, _Worker], start: Callable[[int], multiprocessing.process.BaseProcess]
+    running: dict[int, _Worker],
+    start: Callable[[int], multiprocessing.process.BaseProcess],
+    ready: "multiprocessing.SimpleQueue[int]",
 ) -> int:
     """Start a worker again whenever one dies, until SIGINT/SIGTERM (KeyboardInterrupt).
     One that dies within WORKER_EARLY_DEATH_SECONDS of starting waits longer each time before
@@ -581,7 +613,13 @@ def _watch(
         }
         waiting = [worker.due for worker in running.values() if worker.process is None]
         timeout = max(0.0, min(waiting) - now) if waiting else None
-        for ended in multiprocessing.connection.wait(list(sentinels), timeout):
+        # The ready pipe too, drained as workers started again say they listen, so it never
+        # fills up however often they restart.
+        reader = ready._reader  # type: ignore[attr-defined]
+        for ended in multiprocessing.connection.wait([reader, *sentinels], timeout):
+            if ended is reader:
+                ready.get()
+                continue
             index = sentinels[ended]  # type: ignore[index]
             worker = running[index]
             assert worker.process is not None

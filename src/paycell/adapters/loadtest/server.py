@@ -61,6 +61,9 @@ def start_server(database: str, admin_key: str, log_path: str, workers: int = 1)
     server = StartedServer(process, f"http://127.0.0.1:{port}", database, log_path)
     try:
         wait_until_up(server.url, process)
+        # With several workers the banner comes once all of them listen; the generator's
+        # connections must be spread over every worker, not made to the first one up.
+        _wait_for_banner(log_path, process)
     except BaseException:
         server.stop()
         raise
@@ -80,3 +83,15 @@ def wait_until_up(url: str, process: "subprocess.Popen[str] | None" = None) -> N
                 pass
             time.sleep(0.1)
     raise ServerFailedError(f"no answer from {url} within {STARTUP_SECONDS:.0f} s")
+
+
+def _wait_for_banner(log_path: str, process: "subprocess.Popen[str]") -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        with open(log_path, encoding="utf-8") as log:
+            if "stop with Ctrl-C" in log.read():
+                return
+        if process.poll() is not None:
+            raise ServerFailedError(f"the server exited with status {process.returncode}")
+        time.sleep(0.1)
+    raise ServerFailedError(f"no banner in {log_path} within {STARTUP_SECONDS:.0f} s")
