@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from paycell import Account, Ledger
 from paycell.adapters.storage.sqlite_writer_queue import LOCK_SUFFIX, WriterQueue
 
@@ -145,3 +147,17 @@ def test_the_lock_file_takes_the_databases_mode_so_its_users_can_all_queue(
     lock_file = tmp_path / ("books.db" + LOCK_SUFFIX)
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o660
     assert lock_file.stat().st_uid == database.stat().st_uid
+
+
+def test_a_turn_inside_a_turn_is_refused_rather_than_ending_the_outer_one(tmp_path: Path) -> None:
+    queue = WriterQueue(tmp_path / "books.db")
+    with queue.turn() as taken:
+        assert taken
+        with pytest.raises(RuntimeError, match="already held"), queue.turn():
+            pass
+        # Still held: another open file of the lock cannot take it.
+        other = WriterQueue(tmp_path / "books.db")
+        with other.turn(wait_seconds_max=0.05) as other_taken:
+            assert not other_taken
+        other.close()
+    queue.close()

@@ -582,6 +582,13 @@ class SqliteStore(SqlLedgerReads):
         # Writers of the file take turns on a lock file rather than in SQLite's busy handler
         # (sqlite_writer_queue.py); a database in memory has no other writer.
         self._writer_queue = None if str(path) == ":memory:" else WriterQueue(self.path)
+        try:
+            self._configure_and_create_schema()
+        except BaseException:
+            self.close()  # neither the connection nor the lock file is left open
+            raise
+
+    def _configure_and_create_schema(self) -> None:
         self._connection.execute("PRAGMA journal_mode = WAL")
         self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute("PRAGMA cache_size = -65536")
@@ -595,7 +602,9 @@ class SqliteStore(SqlLedgerReads):
         # ten million accounts ran 25% slower. verify's snapshot switches to files while it
         # runs, so that its sorts of every transfer spill to disk rather than grow in memory.
         self._connection.execute("PRAGMA temp_store = MEMORY")
-        self._create_schema()
+        # In turn like any write: several workers open the file at once when a server starts.
+        with self._writer_turn():
+            self._create_schema()
 
     def _create_schema(self) -> None:
         connection = self._connection

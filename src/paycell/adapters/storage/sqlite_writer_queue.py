@@ -48,6 +48,7 @@ class WriterQueue:
         # A waiter that gave up its wait may still be blocked in the kernel; until it ends,
         # this queue is not used (see _take).
         self._abandoned: threading.Thread | None = None
+        self._held = False
         try:
             self._descriptor = _open_like(self.path, database)
         except OSError as problem:
@@ -59,13 +60,18 @@ class WriterQueue:
     def turn(self, wait_seconds_max: float = QUEUE_WAIT_SECONDS_MAX) -> Iterator[bool]:
         """Hold the queue's lock for the block; yields whether it was taken (False: the wait
         ran out, or there is no lock file, and only SQLite's lock serializes)."""
+        if self._held:
+            # flock locks are not counted: the inner turn's release would end the outer one.
+            raise RuntimeError(f"a writer turn on {self.path} is already held here")
         descriptor = self._descriptor
         taken = descriptor is not None and self._take(descriptor, wait_seconds_max)
+        self._held = taken
         try:
             yield taken
         finally:
             if taken:
                 assert descriptor is not None
+                self._held = False
                 fcntl.flock(descriptor, fcntl.LOCK_UN)
 
     def close(self) -> None:
