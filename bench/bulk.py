@@ -33,7 +33,7 @@ import uvicorn
 from paycell.adapters.alipay.gateway import AlipayGateway
 from paycell.adapters.http import create_app
 from paycell.adapters.http.logging_setup import ACCESS_LOG_ENVIRONMENT_VARIABLE
-from paycell.core.payments.records import PartyKind
+from paycell.core.payments.records import PartyKind, User
 from paycell.platform import Platform
 
 ADMIN_KEY = "bench-admin-key"
@@ -69,6 +69,32 @@ def main() -> int:
     return _bench(arguments)
 
 
+def _open_the_shop(platform: Platform, buyer_count: int) -> tuple[list[User], str]:
+    """Buyers with money, and the merchant's API key."""
+    buyers = [platform.create_user(f"buyer {n}") for n in range(buyer_count)]
+    for buyer in buyers:
+        assert platform.request_top_up(buyer.id, "bench", 10_000_000_00).ok
+    platform.deliver_bank_callbacks()
+    merchant = platform.create_merchant(
+        "shop", fee_rate_basis_points=60, settlement_bank_account="1"
+    )
+    return buyers, platform.issue_api_key(PartyKind.MERCHANT, merchant.id)
+
+
+def _items(
+    gateway: AlipayGateway, buyers: list[User], number: int, count: int
+) -> list[dict[str, object]]:
+    """Request `number`'s items, each with a fresh payment code of its buyer."""
+    return [
+        {
+            "out_trade_no": f"B{number}-{i}",
+            "amount": 100 + i,
+            "payment_code": gateway.issue_payment_code(buyers[i % len(buyers)].id).code,
+        }
+        for i in range(count)
+    ]
+
+
 def _bench(arguments: argparse.Namespace) -> int:
     os.environ.setdefault(ACCESS_LOG_ENVIRONMENT_VARIABLE, "off")
     if arguments.workers:
@@ -90,27 +116,13 @@ def _bench(arguments: argparse.Namespace) -> int:
         time.sleep(0.01)
 
     print("setting up buyers and a merchant", file=sys.stderr)
-    buyers = [platform.create_user(f"buyer {n}") for n in range(arguments.buyers)]
-    for buyer in buyers:
-        assert platform.request_top_up(buyer.id, "bench", 10_000_000_00).ok
-    platform.deliver_bank_callbacks()
-    merchant = platform.create_merchant(
-        "shop", fee_rate_basis_points=60, settlement_bank_account="1"
-    )
-    key = platform.issue_api_key(PartyKind.MERCHANT, merchant.id)
+    buyers, key = _open_the_shop(platform, arguments.buyers)
 
     seconds: list[float] = []
     paid = 0
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
         for number in range(arguments.requests):
-            items = [
-                {
-                    "out_trade_no": f"B{number}-{i}",
-                    "amount": 100 + i,
-                    "payment_code": gateway.issue_payment_code(buyers[i % len(buyers)].id).code,
-                }
-                for i in range(arguments.items)
-            ]
+            items = _items(gateway, buyers, number, arguments.items)
             started = time.perf_counter()
             response = client.post(
                 "/v1/orders/bulk-pay",
@@ -152,25 +164,9 @@ def _bench_workers(arguments: argparse.Namespace) -> int:
     platform = Platform(database)
     gateway = AlipayGateway(platform)
     print("setting up buyers, a merchant and the payment codes", file=sys.stderr)
-    buyers = [platform.create_user(f"buyer {n}") for n in range(arguments.buyers)]
-    for buyer in buyers:
-        assert platform.request_top_up(buyer.id, "bench", 10_000_000_00).ok
-    platform.deliver_bank_callbacks()
-    merchant = platform.create_merchant(
-        "shop", fee_rate_basis_points=60, settlement_bank_account="1"
-    )
-    key = platform.issue_api_key(PartyKind.MERCHANT, merchant.id)
+    buyers, key = _open_the_shop(platform, arguments.buyers)
     bodies = [
-        {
-            "items": [
-                {
-                    "out_trade_no": f"B{number}-{i}",
-                    "amount": 100 + i,
-                    "payment_code": gateway.issue_payment_code(buyers[i % len(buyers)].id).code,
-                }
-                for i in range(arguments.items)
-            ]
-        }
+        {"items": _items(gateway, buyers, number, arguments.items)}
         for number in range(arguments.requests)
     ]
     gateway.close()

@@ -26,7 +26,6 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 import threading
 import time
 from collections import deque
@@ -34,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
+
+from paycell.adapters.http.shared_files import replace_file
 
 PAYMENTS: Final = 0
 QUERIES: Final = 1
@@ -43,7 +44,7 @@ CLASS_NAMES: Final[tuple[str, ...]] = ("payments", "queries", "reports", "consol
 
 # Routes outside admission and rate limiting: the operator must always be able to see the
 # server (/metrics reads in-memory counters and never waits for the platform's lock) and to
-# turn features off (switches are in memory).
+# turn features off (switches are in memory or a mapped file, never behind the platform lock).
 EXEMPT_PATHS: Final = frozenset({"/metrics", "/v1/admin/switches"})
 
 
@@ -275,16 +276,7 @@ _PROBE: Final = 8
 
 def create_rate_table(path: Path) -> None:
     """Create (or overwrite) a zero-filled rate table: every slot free."""
-    # Written aside and renamed over the old file: a process still mapping the old one keeps
-    # it whole (truncating a mapped file would crash it with SIGBUS).
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.truncate(TABLE_BYTES)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, bytes(TABLE_BYTES))
 
 
 def _key_hash(key: str) -> int:

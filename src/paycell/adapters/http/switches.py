@@ -18,7 +18,6 @@ all of them at once. Separate servers each still have their own.
 
 import mmap
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -26,6 +25,7 @@ from typing import Final
 from paycell.adapters.http.auth import Role
 from paycell.adapters.http.errors import INVALID_FIELD, ApiError
 from paycell.adapters.http.routing import Call, Operation, Reply
+from paycell.adapters.http.shared_files import replace_file
 from paycell.adapters.http.validation import Field
 
 REPORTS: Final = "reports"
@@ -73,16 +73,7 @@ class Switches:
     def create_shared(cls, path: Path, initial: Mapping[str, str] | None = None) -> "Switches":
         """Create (or overwrite) the shared file with every switch normal, then `initial`."""
         state = bytes(cls(initial)._cells)  # checks `initial` before the file is touched
-        # Written aside and renamed over the old file: a process still mapping the old one
-        # keeps it whole (truncating a mapped file would crash it with SIGBUS).
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(state)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        replace_file(path, state)
         return cls.attach(path)
 
     @classmethod
