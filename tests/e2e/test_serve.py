@@ -2,39 +2,22 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from paycell.platform import Platform
+from tests.e2e.serving import free_port, wait_until
 
 ADMIN_KEY = "serve-test-admin-key"
 STARTUP_SECONDS = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_until(condition: object, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
     database = tmp_path / "served.db"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
          "--host", "127.0.0.1", "--port", str(port)],
@@ -54,7 +37,7 @@ def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
                 except httpx.TransportError:
                     return False
 
-            _wait_until(up, STARTUP_SECONDS)
+            wait_until(up, STARTUP_SECONDS, "the server")
             assert "<html" in client.get("/docs").text
             admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
             user = client.post("/v1/admin/users", json={"name": "Li"}, headers=admin).json()
@@ -70,9 +53,10 @@ def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
             )
             assert top_up.status_code == 201
             # The server's background thread lets the bank answer within about a second.
-            _wait_until(
+            wait_until(
                 lambda: client.get("/v1/wallet", headers=buyer).json()["available"] == 100_00,
                 15,
+                "the top-up",
             )
             order = client.post(
                 "/v1/orders", json={"out_trade_no": "T-1", "amount": 25_00}, headers=shop

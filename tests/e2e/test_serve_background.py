@@ -4,12 +4,11 @@ each delivered by the server on its own without any test calling a dispatcher.""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,25 +19,10 @@ import pytest
 
 from paycell.adapters.alipay import signing
 from paycell.core.payments.webhook_schedule import verify_signature
+from tests.e2e.serving import free_port, wait_until
 
 ADMIN_KEY = "background-test-admin-key"
 WEBHOOK_SECRET = "whsec_background"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Receiver:
@@ -83,7 +67,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[httpx.Client]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database",
          str(tmp_path / "served.db"), "--host", "127.0.0.1", "--port", str(port)],
@@ -102,7 +86,7 @@ def served(tmp_path: Path) -> Iterator[httpx.Client]:
             return False
 
     try:
-        _wait_until(up, 30, "the server to start")
+        wait_until(up, 30, "the server to start")
         yield client
     finally:
         client.close()
@@ -146,7 +130,7 @@ def test_served_payment_reaches_the_merchant_as_webhook_and_alipay_notification(
         "/v1/wallet/top-ups", json={"request_no": "T-1", "amount": 100_00}, headers=buyer_headers
     )
     assert top_up.status_code == 201, top_up.text
-    _wait_until(
+    wait_until(
         lambda: served.get("/v1/wallet", headers=buyer_headers).json()["available"] == 100_00,
         15,
         "the bank to answer the top-up",
@@ -172,8 +156,8 @@ def test_served_payment_reaches_the_merchant_as_webhook_and_alipay_notification(
     assert paid.status_code == 200, paid.text
     assert paid.json()["trade_status"] == "TRADE_SUCCESS"
 
-    _wait_until(lambda: bool(receiver.on("/notify")), 20, "the Alipay notification")
-    _wait_until(
+    wait_until(lambda: bool(receiver.on("/notify")), 20, "the Alipay notification")
+    wait_until(
         lambda: any(b'"payment.succeeded"' in body or b"TRADE_SUCCESS" in body
                     for _, body in receiver.on("/webhooks")),
         20,

@@ -11,37 +11,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 from paycell.platform import Platform
+from tests.e2e.serving import free_port, wait_until
 
 ADMIN_KEY = "workers-test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STARTUP_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _workers_of(supervisor: int) -> set[int]:
@@ -91,7 +73,7 @@ def _pay_orders_through_both_workers(base: str, orders: int) -> None:
             top_up = {"request_no": f"T-{number}", "amount": 125_00}
             assert client.post("/v1/wallet/top-ups", json=top_up, headers=buyer).is_success
     with httpx.Client(base_url=base, timeout=10) as client:
-        _wait_until(
+        wait_until(
             lambda: client.get("/v1/wallet", headers=buyer).json()["available"] == 1_000_00,
             15,
             "the top-ups",
@@ -119,7 +101,7 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
     database = tmp_path / "served.db"
     run_directories = tmp_path / "tmp"
     run_directories.mkdir()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
@@ -130,7 +112,7 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
         text=True,
     )  # fmt: skip
     try:
-        _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+        wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
 
         def both_listen() -> bool:
             assert server.poll() is None, server.communicate()
@@ -139,7 +121,7 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
             except httpx.TransportError:
                 return False
 
-        _wait_until(both_listen, STARTUP_SECONDS, "the server")
+        wait_until(both_listen, STARTUP_SECONDS, "the server")
         assert [path.name[:14] for path in run_directories.iterdir()] == ["paycell-serve-"]
         _pay_orders_through_both_workers(base, 40)
         # Forty new connections: the kernel spreads them over both workers.
@@ -156,17 +138,17 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
         def scraped() -> int:
             return _counted_requests(_fresh_get(base, "/metrics").text, "/v1/admin/switches")
 
-        _wait_until(lambda: scraped() >= 62, 10, "both workers' requests in one scrape")
+        wait_until(lambda: scraped() >= 62, 10, "both workers' requests in one scrape")
         assert "paycell_workers 2" in _fresh_get(base, "/metrics").text
         before_kill = scraped()
 
         # A worker killed outright is started again; the other serves meanwhile.
         victim = min(_workers_of(server.pid))
         os.kill(victim, signal.SIGKILL)
-        _wait_until(
+        wait_until(
             lambda: len(_workers_of(server.pid) - {victim}) == 2, STARTUP_SECONDS, "a new worker"
         )
-        _wait_until(lambda: "paycell_workers 2" in _fresh_get(base, "/metrics").text, 10, "2")
+        wait_until(lambda: "paycell_workers 2" in _fresh_get(base, "/metrics").text, 10, "2")
         for _ in range(20):
             assert _fresh_get(base, "/v1/admin/switches").json()["reports"] == "off"
         assert scraped() >= before_kill
@@ -222,10 +204,10 @@ def _alive(pid: int) -> bool:
 def test_a_second_server_is_refused_the_port_and_ctrl_c_stops_the_first_cleanly(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server = _serve_two_workers(tmp_path / "served.db", port)
-    _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
-    _wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
+    wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+    wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
     # A second server on the same port is refused, never let to share it.
     second = _serve_two_workers(tmp_path / "other.db", port)
     _, refusal = second.communicate(timeout=60)
@@ -237,20 +219,20 @@ def test_a_second_server_is_refused_the_port_and_ctrl_c_stops_the_first_cleanly(
     _, errors = server.communicate(timeout=60)
     assert server.returncode == 0, errors
     assert "starting it again" not in errors  # a worker's stop is not taken for a crash
-    _wait_until(lambda: not any(map(_alive, workers)), 10, "the workers to end")
+    wait_until(lambda: not any(map(_alive, workers)), 10, "the workers to end")
 
 
 def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _serve_two_workers(tmp_path / "served.db", port)
     try:
-        _wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
-        _wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
+        wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
+        wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
         workers = _workers_of(server.pid)
         server.kill()
         server.wait(timeout=30)
         # Orphans would serve on and hold the port a new server needs.
-        _wait_until(lambda: not any(map(_alive, workers)), 15, "the orphaned workers to end")
+        wait_until(lambda: not any(map(_alive, workers)), 15, "the orphaned workers to end")
     finally:
         if server.poll() is None:
             server.kill()

@@ -1,0 +1,23 @@
+"""Helpers for the tests that run `paycell serve` as real processes."""
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll `condition` every 0.1 s; fail naming `what` if it is not true within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
