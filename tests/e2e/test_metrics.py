@@ -7,15 +7,7 @@ import pytest
 
 from paycell.adapters.http.logging_setup import ACCESS_LOGGER, JsonFormatter
 from tests.e2e.conftest import World
-
-
-def _samples(text: str) -> dict[str, float]:
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+from tests.prometheus import prometheus_samples
 
 
 def test_metrics_in_prometheus_format(world: World) -> None:
@@ -33,7 +25,7 @@ def test_metrics_in_prometheus_format(world: World) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    samples = _samples(text)
+    samples = prometheus_samples(text)
     route = 'route="/v1/orders/{order_id}"'
     assert samples[f'paycell_http_requests_total{{{route},method="GET",status="200"}}'] == 1
     assert samples[f'paycell_http_requests_total{{{route},method="GET",status="404"}}'] == 1

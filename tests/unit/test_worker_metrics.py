@@ -20,6 +20,7 @@ from paycell.adapters.http.admission import (
 )
 from paycell.adapters.http.metrics import Metrics, MetricsBoard
 from paycell.adapters.http.switches import Switches
+from tests.prometheus import prometheus_samples
 
 STARTED = 1_700_000_000.0
 PAY = "/v1/orders/{order_id}/pay"
@@ -74,21 +75,12 @@ def _busy_metrics() -> Metrics:
     return metrics
 
 
-def _samples(text: str) -> dict[str, float]:
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def test_a_scrape_of_one_worker_counts_every_workers_requests(crowd: Crowd) -> None:
     quiet = Metrics()
     quiet.observe("/v1/orders", "GET", 200, 0.2)
     peers = [_busy_metrics().snapshot(crowd(), 2), quiet.snapshot(Admission(CONFIG), None)]
     text = _busy_metrics().render(crowd(), Switches(), group_queue_depth=lambda: 5, peers=peers)
-    samples = _samples(text)
+    samples = prometheus_samples(text)
     assert samples["paycell_workers"] == 3
     assert samples[f'paycell_http_requests_total{{{PAY_LABELS},status="200"}}'] == 4
     assert samples[f'paycell_http_requests_total{{{PAY_LABELS},status="409"}}'] == 2
@@ -170,7 +162,7 @@ def test_a_restarted_worker_counts_on_from_its_predecessors_snapshot(
     restarted.resume(last)
     restarted.observe(PAY, "POST", 200, 0.002)
     restarted.group_started(2)
-    samples = _samples(restarted.render(crowd(), Switches(), group_queue_depth=lambda: 0))
+    samples = prometheus_samples(restarted.render(crowd(), Switches(), group_queue_depth=lambda: 0))
     assert samples["paycell_workers"] == 1
     assert samples[f'paycell_http_requests_total{{{PAY_LABELS},status="200"}}'] == 3
     assert samples[f'paycell_http_requests_total{{{PAY_LABELS},status="409"}}'] == 1
