@@ -174,11 +174,12 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
 
 
 def _serve_two_workers(database: Path, port: int) -> "subprocess.Popen[str]":
-    """The server in a process group of its own, as a terminal's foreground job is."""
+    """The server in a process group of its own, as a terminal's foreground job is. Its run
+    directory goes beside the database: a supervisor killed outright cannot remove it."""
     return subprocess.Popen(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY},
+        env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY, "TMPDIR": str(database.parent)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
