@@ -1,6 +1,8 @@
 """Helpers for the tests that run `paycell serve` as real processes."""
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -21,3 +23,14 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(server: "subprocess.Popen[str]", seconds: float) -> tuple[str, str]:
+    """SIGTERM, then (stdout, stderr) once it ended; killed if it takes over `seconds` (the
+    test's assertion on its exit status then fails)."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        return server.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.communicate()

@@ -1,7 +1,6 @@
 """`paycell serve` as a real process on a loopback port: a payment through it, end to end."""
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import free_port, wait_until
+from tests.e2e.serving import free_port, stop, wait_until
 
 ADMIN_KEY = "serve-test-admin-key"
 STARTUP_SECONDS = 30
@@ -67,12 +66,7 @@ def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
             assert paid.json()["status"] == "TRADE_SUCCESS"
             assert client.get("/v1/balance", headers=shop).json()["available"] == 24_85
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            output, errors = server.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, errors = server.communicate()
+        output, errors = stop(server, 20)
     assert server.returncode == 0, errors
     assert f"http://127.0.0.1:{port}/docs" in output
     with Platform(database) as platform:

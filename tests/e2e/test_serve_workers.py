@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import free_port, wait_until
+from tests.e2e.serving import free_port, stop, wait_until
 
 ADMIN_KEY = "workers-test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -153,12 +153,7 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
             assert _fresh_get(base, "/v1/admin/switches").json()["reports"] == "off"
         assert scraped() >= before_kill
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            output, errors = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, errors = server.communicate()
+        output, errors = stop(server, 60)
     assert server.returncode == 0, errors
     assert f"http://127.0.0.1:{port} (2 workers)" in output
     logged = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
