@@ -18,7 +18,9 @@ ALIPAY_COMMUNITY_DIR := $(VENV)/sdk-community
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the one compiled module (src/paycell/core/_fastpath.c) into the source tree;
+# a change to it installs again.
+$(STAMP): pyproject.toml setup.py src/paycell/core/_fastpath.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -52,3 +54,4 @@ bench: venv postgres
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -f src/paycell/core/_fastpath*.so

@@ -3,6 +3,9 @@
 The public surface is exactly what `__all__` lists; tests pin it.
 """
 
+import os
+
+from paycell.core import compiled
 from paycell.core.currency import (
     Currency,
     InvalidAmountError,
@@ -70,3 +73,8 @@ __all__ = [
     "format_amount",
     "parse_amount",
 ]
+
+# An operator's way to rule the compiled fast path out (docs/performance.md): the core then
+# runs on its pure-Python code alone.
+if os.environ.get("PAYCELL_PURE_PYTHON") == "1":
+    compiled.switch(False)

@@ -2,14 +2,17 @@
 
 `create_transfers` takes a plain transfer that is sure to succeed through an inlined fast path
 and hands everything else to the general rules; `validate_transfers` accepts a well-formed
-event with one chain of tests and diagnoses the rest field by field. Here random batches over
-random ledger states run with the transfer fast path on and off, and must give the same
-results, the same committed batch (down to the order of its rows and dicts) and the same
-changes to the prefetched state; random events, well-formed or not, must validate exactly as
-the field-by-field check says. The journal hash is pinned to its documented encoding.
+event with one chain of tests and diagnoses the rest field by field. Both have a compiled
+version too (`paycell.core._fastpath`, loaded by `paycell.core.compiled`). Here random batches
+over random ledger states run with the compiled path, the Python fast path and the general
+rules alone, and must give the same results, the same committed batch (down to the order of
+its rows and dicts and the journal hash) and the same changes to the prefetched state; random
+events, well-formed or not, must validate exactly as the field-by-field check says, compiled
+or not. The journal hash is pinned to its documented encoding, compiled or not.
 """
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -19,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paycell.core import state_machine
+from paycell.core import compiled, state_machine
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.errors import InvalidFieldError
 from paycell.core.events import TRANSFER_FIELD_MAXIMUMS, _normalize_record, validate_transfers
@@ -53,15 +56,50 @@ def fast_path(enabled: bool) -> Iterator[None]:
         state_machine._FAST_PATH = saved
 
 
+@contextmanager
+def use_compiled(enabled: bool) -> Iterator[None]:
+    saved = compiled.enabled()
+    compiled.switch(enabled)
+    try:
+        yield
+    finally:
+        compiled.switch(saved)
+
+
+# The ways through the core the tests below compare: the compiled fast path (with the Python
+# one for what it hands back), the Python fast path alone, and the general rules alone.
+# PAYCELL_PURE_PYTHON=1 runs the suite without the first.
+PATHS = {"compiled": (True, True), "python": (True, False), "general": (False, False)}
+COMPILED = compiled.enabled()
+WITH_COMPILED = [True, False] if COMPILED else [False]
+
+
+@contextmanager
+def path(name: str) -> Iterator[None]:
+    fast, with_compiled = PATHS[name]
+    with fast_path(fast), use_compiled(with_compiled):
+        yield
+
+
+def test_the_compiled_fast_path_is_built_and_on_unless_switched_off() -> None:
+    """The suite must not pass on the pure-Python path alone because the build failed."""
+    switched_off = os.environ.get("PAYCELL_PURE_PYTHON") == "1"
+    assert compiled.BUILT
+    assert compiled.enabled() is not switched_off
+
+
 # ---------------------------------------------------------------------- generated ledgers
 
 # Mostly room for a batch of small transfers; sometimes none, sometimes next to the overflow.
-balance = st.sampled_from(["room"] * 6 + ["none", "little", "full"]).flatmap(
+U64 = (1 << 64) - 1
+balance = st.sampled_from(["room"] * 6 + ["none", "little", "full", "edge64"]).flatmap(
     lambda kind: {
         "room": st.integers(1_000, 100_000),
         "none": st.just(0),
         "little": st.integers(0, 300),
         "full": st.integers(MAX - 50, MAX),
+        # Where the compiled path's 64-bit arithmetic ends: it must hand these over.
+        "edge64": st.integers(U64 - 600, U64 + 10),
     }[kind]
 )
 account_flags = st.sampled_from(
@@ -76,13 +114,20 @@ account_flags = st.sampled_from(
         AF.CLOSED,
     ]
 ).map(int)
+# Books where most transfers can take a fast path: no history, nothing closed.
+plain_account_flags = st.sampled_from(
+    [0, 0, 0, 0, AF.DEBITS_MUST_NOT_EXCEED_CREDITS, AF.CREDITS_MUST_NOT_EXCEED_DEBITS]
+).map(int)
 
 
 @st.composite
 def accounts(draw: st.DrawFn) -> dict[int, Account]:
     count = draw(st.integers(2, 8))
-    result = {}
-    for account_id in range(1, count + 1):
+    # Mostly small ids; sometimes ids that need all 128 bits (the platform's do).
+    first_id = draw(st.sampled_from([1] * 4 + [1 << 64, 1 << 127, MAX - 8]))
+    flags = draw(st.sampled_from([account_flags, plain_account_flags]))
+    result: dict[int, Account] = {}
+    for account_id in range(first_id, first_id + count):
         debits_posted, credits_posted = draw(balance), draw(balance)
         result[account_id] = Account(
             id=account_id,
@@ -90,8 +135,8 @@ def accounts(draw: st.DrawFn) -> dict[int, Account]:
             credits_posted=credits_posted,
             ledger=draw(st.sampled_from([1, 1, 1, 1, 1, 2])),
             code=1,
-            flags=draw(account_flags),
-            timestamp=account_id,
+            flags=draw(flags),
+            timestamp=len(result) + 1,
         )
     return result
 
@@ -147,6 +192,8 @@ def prefetched_state(draw: st.DrawFn) -> state_machine.Prefetched:
 # Mostly what the fast path takes (plain, or linked into a chain), with every kind of odd value
 # each rule looks at mixed in.
 plain_flags = st.sampled_from([0, 0, 0, F.LINKED, F.LINKED])
+# Batches without chains, where the compiled path applies long runs of plain transfers.
+unlinked_flags = st.just(0)
 other_flags = st.sampled_from(
     [
         F.PENDING,
@@ -166,7 +213,11 @@ other_flags = st.sampled_from(
 
 @st.composite
 def transfer_event(
-    draw: st.DrawFn, ledgers: dict[int, int], earlier_ids: list[int], oddness: int
+    draw: st.DrawFn,
+    ledgers: dict[int, int],
+    earlier_ids: list[int],
+    oddness: int,
+    usual_flags: st.SearchStrategy[int] = plain_flags,
 ) -> Transfer:
     """Each field is odd (a value some rule rejects or treats apart) with odds 1 in `oddness`,
     so an event is often wrong in exactly one way."""
@@ -180,7 +231,7 @@ def transfer_event(
     )
     return Transfer(
         id=field(
-            st.integers(1, 1 << 64),
+            st.one_of(st.integers(1, 1 << 64), st.integers(1 << 64, MAX - 1)),
             st.one_of(
                 st.sampled_from([0, MAX]),
                 st.sampled_from(EXISTING_IDS),
@@ -201,7 +252,7 @@ def transfer_event(
         timeout=field(st.just(0), st.sampled_from([1, (1 << 32) - 1])),
         ledger=field(st.just(ledgers.get(debit_account_id, 1)), st.sampled_from([0, 1, 2])),
         code=field(st.just(1), st.just(0)),
-        flags=int(field(plain_flags, other_flags)),
+        flags=int(field(usual_flags, other_flags)),
         timestamp=field(st.just(0), st.just(1)),
     )
 
@@ -211,9 +262,10 @@ def batches(draw: st.DrawFn) -> tuple[state_machine.Prefetched, list[Transfer], 
     prefetched = draw(prefetched_state())
     ledgers = {account.id: account.ledger for account in prefetched.accounts.values()}
     oddness = draw(st.sampled_from([10, 30, 100, 1000]))
+    usual_flags = draw(st.sampled_from([plain_flags, unlinked_flags]))
     events: list[Transfer] = []
     for _ in range(draw(st.integers(1, 40))):
-        events.append(draw(transfer_event(ledgers, [t.id for t in events], oddness)))
+        events.append(draw(transfer_event(ledgers, [t.id for t in events], oddness, usual_flags)))
     # Near the end of the timestamp range the fast path must step aside for overflows_timeout.
     last_timestamp = draw(st.sampled_from([NOW] * 8 + [(1 << 63) - 10]))
     return prefetched, events, LedgerMeta(last_timestamp, 7, bytes(32))
@@ -241,10 +293,10 @@ def everything(committed: CommittedBatch | None) -> dict[str, Any] | None:
 
 
 def apply(
-    prefetched: state_machine.Prefetched, events: list[Transfer], meta: LedgerMeta, *, fast: bool
+    prefetched: state_machine.Prefetched, events: list[Transfer], meta: LedgerMeta, *, way: str
 ) -> tuple[object, ...]:
     state = copy_state(prefetched)
-    with fast_path(fast):
+    with path(way):
         outcome = state_machine.create_transfers(events, state, meta, NOW)
     return (
         outcome.results,
@@ -254,13 +306,16 @@ def apply(
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(batches())
-def test_fast_path_and_general_path_agree(
+def test_compiled_python_and_general_paths_agree(
     batch: tuple[state_machine.Prefetched, list[Transfer], LedgerMeta],
 ) -> None:
     prefetched, events, meta = batch
-    assert apply(prefetched, events, meta, fast=True) == apply(prefetched, events, meta, fast=False)
+    general = apply(prefetched, events, meta, way="general")
+    assert apply(prefetched, events, meta, way="python") == general
+    if COMPILED:
+        assert apply(prefetched, events, meta, way="compiled") == general
 
 
 def test_plain_transfers_never_reach_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,9 +407,19 @@ def field_by_field(events: list[Any]) -> list[Transfer] | InvalidFieldError:
         return error
 
 
+@pytest.mark.parametrize(
+    "with_compiled", WITH_COMPILED, ids=["compiled", "python"][-len(WITH_COMPILED) :]
+)
 @settings(max_examples=300, deadline=None)
-@given(st.lists(record, min_size=1, max_size=5))
-def test_validate_transfers_agrees_with_the_field_by_field_check(events: list[Any]) -> None:
+@given(events=st.lists(record, min_size=1, max_size=5))
+def test_validate_transfers_agrees_with_the_field_by_field_check(
+    with_compiled: bool, events: list[Any]
+) -> None:
+    with use_compiled(with_compiled):
+        check_validation(events)
+
+
+def check_validation(events: list[Any]) -> None:
     expected = field_by_field(events)
     if isinstance(expected, InvalidFieldError):
         with pytest.raises(InvalidFieldError) as raised:
@@ -378,14 +443,21 @@ def test_validate_transfers_agrees_with_the_field_by_field_check(events: list[An
 # ------------------------------------------------------------------------------ journal hash
 
 
-def test_batch_hash_is_the_documented_encoding() -> None:
+@pytest.mark.parametrize(
+    "with_compiled", WITH_COMPILED, ids=["compiled", "python"][-len(WITH_COMPILED) :]
+)
+@pytest.mark.parametrize("widths", ["64-bit", "128-bit"])
+def test_batch_hash_is_the_documented_encoding(with_compiled: bool, widths: str) -> None:
     accounts = [Account(id=1, ledger=156, code=2, flags=8, timestamp=11), Account(id=MAX - 1)]
+    # The compiled encoder formats transfers whose fields fit in 64 bits and hands the
+    # others to Python: both kinds of batch must hash as documented.
+    wide = MAX if widths == "128-bit" else (1 << 64) - 1
     transfers = [
         Transfer(
-            id=MAX - 1,
+            id=wide - 1,
             debit_account_id=1,
             credit_account_id=2,
-            amount=MAX,
+            amount=wide,
             pending_id=3,
             user_data_128=4,
             user_data_64=5,
@@ -411,4 +483,62 @@ def test_batch_hash_is_the_documented_encoding() -> None:
     text += "".join(line("E", e) for e in expiries)
     text += "".join(line("F", f) for f in failures)
     expected = hashlib.sha256(previous + text.encode()).digest()
-    assert batch_hash(previous, 9, "transfers", accounts, transfers, expiries, failures) == expected
+    with use_compiled(with_compiled):
+        hashed = batch_hash(previous, 9, "transfers", accounts, transfers, expiries, failures)
+    assert hashed == expected
+
+
+needs_compiled = pytest.mark.skipif(
+    not COMPILED, reason="PAYCELL_PURE_PYTHON=1 switched the compiled path off"
+)
+
+
+@needs_compiled
+def test_compiled_transfer_lines_hand_wide_values_to_python() -> None:
+    assert compiled.transfer_lines is not None
+    small = [Transfer(id=1, amount=(1 << 64) - 1, timestamp=3)]
+    assert compiled.transfer_lines(small) == b"T 1 0 0 18446744073709551615 0 0 0 0 0 0 0 0 3\n"
+    assert compiled.transfer_lines([*small, Transfer(id=1 << 64)]) is None
+    assert compiled.transfer_lines([]) == b""
+
+
+@needs_compiled
+def test_compiled_apply_plain_stops_at_the_first_transfer_it_is_not_sure_of() -> None:
+    """It applies a run of plain transfers and hands back, untouched but for the working
+    rows, the first that needs a rule it does not have (here, a history account's)."""
+    assert compiled.apply_plain is not None
+    books = {
+        1: Account(id=1, credits_posted=100, ledger=1, code=1, timestamp=1),
+        2: Account(id=2, ledger=1, code=1, timestamp=2),
+        3: Account(id=3, ledger=1, code=1, flags=int(AF.HISTORY), timestamp=3),
+    }
+    events = [
+        Transfer(id=10, debit_account_id=1, credit_account_id=2, amount=60, ledger=1, code=1),
+        Transfer(id=11, debit_account_id=2, credit_account_id=1, amount=5, ledger=1, code=1),
+        Transfer(id=12, debit_account_id=1, credit_account_id=3, amount=7, ledger=1, code=1),
+        Transfer(id=13, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1),
+    ]
+    balances: dict[int, list[int]] = {}
+    created: list[Transfer] = []
+    created_by_id: dict[int, Transfer] = {}
+    stopped_at = compiled.apply_plain(
+        events, 0, NOW, books, balances, {}, {}, created, created_by_id, Transfer
+    )
+    assert stopped_at == 2
+    assert created == [events[0]._replace(timestamp=NOW), events[1]._replace(timestamp=NOW + 1)]
+    assert all(type(t) is Transfer for t in created)
+    assert created_by_id == {10: created[0], 11: created[1]}
+    assert balances == {
+        1: list(books[1]._replace(debits_posted=60, credits_posted=105)),
+        2: list(books[2]._replace(debits_posted=5, credits_posted=60)),
+        3: list(books[3]),  # made before it stopped, as the Python path makes it
+    }
+    assert books[1].debits_posted == 0, "the prefetched accounts are not changed"
+    # A start past the stop: it goes on from there.
+    assert (
+        compiled.apply_plain(
+            events, 3, NOW, books, balances, {}, {}, created, created_by_id, Transfer
+        )
+        == 4
+    )
+    assert balances[1][2] == 61

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
+from paycell.core import compiled
 from paycell.core.types import Account, Transfer
 
 GENESIS_HASH: Final = bytes(32)
@@ -65,7 +66,14 @@ def batch_hash(
     digest.update(b"batch %d %s\n" % (batch_number, kind.encode()))
     # map() over the bound format method: no Python-level loop per record.
     digest.update(b"".join(map(_ACCOUNT_LINE.__mod__, accounts)))
-    digest.update(b"".join(map(_TRANSFER_LINE.__mod__, transfers)))
+    lines = (
+        compiled.transfer_lines(transfers)
+        if compiled.transfer_lines is not None and type(transfers) is list
+        else None
+    )
+    if lines is None:
+        lines = b"".join(map(_TRANSFER_LINE.__mod__, transfers))
+    digest.update(lines)
     digest.update(b"".join(map(_EXPIRY_LINE.__mod__, expiries)))
     digest.update(
         b"".join([_FAILURE_LINE % (f.id, f.result.encode(), f.timestamp) for f in failures])

@@ -12,6 +12,10 @@ Design, after TigerBeetle's state machine:
 - **Aggregated writes.** Balances live in one working row per account for the whole batch, so a
   hot account receiving thousands of transfers in a batch is written once.
 
+- **A compiled fast path** (`_fastpath.c`, through `paycell.core.compiled`) applies runs of
+  plain transfers sure to succeed; it hands every other event back to the Python loop here,
+  which stays the definition of every rule. Property tests hold the two to the same outcome.
+
 The rules, their order and the result names follow TigerBeetle 0.16 (docs/ledger.md lists the
 deliberate differences). Amounts and balances are Python ints checked against the unsigned
 128-bit range, so overflow results are reported exactly where TigerBeetle reports them.
@@ -20,6 +24,7 @@ deliberate differences). Amounts and balances are Python ints checked against th
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from paycell.core import compiled
 from paycell.core.batch import CommittedBatch, HistoryRow, LedgerMeta, PendingState
 from paycell.core.journal import Expiry, Failure, JournalEntry, batch_hash
 from paycell.core.limits import NANOSECONDS_PER_SECOND, UINT128_MAX
@@ -389,6 +394,10 @@ class _TransferBatch:
             self.history.append(_history_row(transfer.credit_account_id, cr, transfer.timestamp))
 
     def updated_accounts(self) -> dict[int, Account]:
+        if compiled.updated_accounts is not None:
+            found = compiled.updated_accounts(self.balances, self.accounts, Account)
+            if found is not None:
+                return found
         updated: dict[int, Account] = {}
         accounts = self.accounts
         for account_id, row in self.balances.items():
@@ -434,7 +443,27 @@ def create_transfers(
     created_by_id = batch.created_by_id
     history = batch.history
 
-    for index, event in enumerate(events):
+    # The compiled fast path (paycell.core._fastpath) applies runs of flagless plain transfers
+    # outside any chain, and hands back the first event it is not sure of to the loop below.
+    apply_plain = compiled.apply_plain if fast and type(events) is list else None
+    index = 0
+    while index < count:
+        if apply_plain is not None and chain_start is None:
+            index = apply_plain(
+                events,
+                index,
+                timestamp_base,
+                accounts,
+                balances,
+                transfers,
+                failed,
+                created,
+                created_by_id,
+                Transfer,
+            )
+            if index == count:
+                break
+        event = events[index]
         (
             transfer_id,
             debit_account_id,
@@ -554,6 +583,7 @@ def create_transfers(
                 batch.close_chain()
             chain_start = None
             chain_broken = False
+        index += 1
 
     if not created and not failures:
         return TransferBatchOutcome(results, None)

@@ -1,0 +1,536 @@
+/*
+ * paycell.core._fastpath: the ledger state machine's plain-transfer fast path, compiled.
+ *
+ * The pure-Python state machine (state_machine.py) is the definition of every rule. This
+ * module repeats, in C, only the part of it that a large batch spends its time in: a transfer
+ * with no flags between two open accounts of its ledger, sure to succeed. It applies such
+ * transfers one after another and stops at the first event it is not sure of, returning that
+ * event's index; the Python loop then decides that event with all of TigerBeetle's rules, in
+ * their precedence, and calls back in for the rest. Anything unusual stops it: a flag, a
+ * field outside 64 bits, an id seen before, a missing or closed account, a balance limit, an
+ * account that keeps history. It changes nothing for an event it stops at but the working
+ * balance rows it creates, which the Python path would create at the same point.
+ *
+ * Two helpers for the journal and the batch's outcome follow: the journal's transfer lines
+ * (the text the batch hash covers) and the accounts a batch updated. Both return None when
+ * a value is not a plain unsigned 64-bit int, and the caller falls back to Python.
+ *
+ * Property tests run every batch through this module and through the pure-Python path and
+ * require the same results, balances, transfers and hashes.
+ *
+ * No I/O, no clock, no global state but constants: like the rest of paycell.core, a pure
+ * function of its arguments (which it updates in place, as the Python loop does).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Field positions, as in paycell.core.types (state_machine.py asserts the same layout). */
+enum {
+    T_ID = 0, T_DEBIT = 1, T_CREDIT = 2, T_AMOUNT = 3, T_PENDING_ID = 4,
+    T_TIMEOUT = 8, T_LEDGER = 9, T_CODE = 10, T_FLAGS = 11, T_TIMESTAMP = 12, T_FIELDS = 13,
+};
+enum {
+    A_DP = 1, A_DPO = 2, A_CP = 3, A_CPO = 4, A_LEDGER = 9, A_FLAGS = 11, A_FIELDS = 13,
+};
+/* Account flag bits, as in paycell.core.types.AccountFlags (checked by `constants`). */
+enum {
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 1 << 1,
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 1 << 2,
+    HISTORY = 1 << 3,
+    CLOSED = 1 << 5,
+};
+
+/* The value of an int that fits in 64 unsigned bits; 0 (no error set) when it does not. */
+static int
+as_u64(PyObject *value, uint64_t *out)
+{
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+    uint64_t result = PyLong_AsUnsignedLongLong(value);
+    if (result == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = result;
+    return 1;
+}
+
+/* An exact int that is a valid id: 0 < value < 2**128 - 1 (TigerBeetle's id_must_not_be_*). */
+static int
+is_id(PyObject *value)
+{
+    if (!PyLong_CheckExact(value) || _PyLong_Sign(value) <= 0) {
+        return 0;
+    }
+    size_t bits = _PyLong_NumBits(value);
+    if (bits == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (bits != 128) {
+        return bits < 128;
+    }
+    unsigned char bytes[16];
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, sizeof bytes, 1, 0) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof bytes; i++) {
+        if (bytes[i] != 0xFF) {
+            return 1;
+        }
+    }
+    return 0;  /* 2**128 - 1 is reserved */
+}
+
+/* An exact int within `bits` unsigned bits. */
+static int
+fits(PyObject *value, unsigned bits)
+{
+    if (!PyLong_CheckExact(value) || _PyLong_Sign(value) < 0) {
+        return 0;
+    }
+    if (bits <= 64) {
+        uint64_t unsigned_value;
+        return as_u64(value, &unsigned_value) &&
+               (bits == 64 || unsigned_value >> bits == 0);
+    }
+    size_t needed = _PyLong_NumBits(value);
+    if (needed == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return needed <= bits;
+}
+
+/* The working balance row of an account: found in `balances`, else made from the account. */
+static PyObject *
+working_row(PyObject *balances, PyObject *account_id, PyObject *account)
+{
+    PyObject *row = PyDict_GetItemWithError(balances, account_id);
+    if (row != NULL || PyErr_Occurred()) {
+        return row;  /* borrowed */
+    }
+    row = PySequence_List(account);
+    if (row == NULL) {
+        return NULL;
+    }
+    int failed = PyDict_SetItem(balances, account_id, row);
+    Py_DECREF(row);  /* the dict holds it */
+    return failed ? NULL : row;
+}
+
+/* A tuple subtype (a NamedTuple class) instance of `size` items, to be filled by the caller. */
+static PyObject *
+new_record(PyTypeObject *type, Py_ssize_t size)
+{
+    return type->tp_alloc(type, size);
+}
+
+/*
+ * apply_plain(events, start, timestamp_base, accounts, balances, transfers, failed,
+ *             created, created_by_id, transfer_type) -> int
+ *
+ * Apply events[start:] while each is a plain transfer sure to succeed; return the index of
+ * the first one that is not (len(events) when all were). The caller has checked that every
+ * timestamp of the batch fits (timestamp_base + len(events) - 1 <= 2**63 - 1) and that no
+ * linked chain is open.
+ */
+static PyObject *
+apply_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "apply_plain takes 10 arguments");
+        return NULL;
+    }
+    PyObject *events = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t timestamp_base;
+    if (!as_u64(args[2], &timestamp_base)) {
+        PyErr_SetString(PyExc_ValueError, "timestamp_base must be an unsigned 64-bit int");
+        return NULL;
+    }
+    PyObject *accounts = args[3], *balances = args[4], *transfers = args[5];
+    PyObject *failed = args[6], *created = args[7], *created_by_id = args[8];
+    PyObject *transfer_type = args[9];
+    if (!PyList_CheckExact(events) || !PyDict_CheckExact(accounts) ||
+        !PyDict_CheckExact(balances) || !PyDict_CheckExact(transfers) ||
+        !PyDict_CheckExact(failed) || !PyList_CheckExact(created) ||
+        !PyDict_CheckExact(created_by_id) || !PyType_Check(transfer_type) ||
+        !PyType_IsSubtype((PyTypeObject *)transfer_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "apply_plain: unexpected argument types");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    Py_ssize_t index = start < 0 ? 0 : start;
+
+    for (; index < count; index++) {
+        PyObject *event = PyList_GET_ITEM(events, index);
+        if (Py_TYPE(event) != (PyTypeObject *)transfer_type ||
+            PyTuple_GET_SIZE(event) != T_FIELDS) {
+            break;
+        }
+        PyObject *id_object = PyTuple_GET_ITEM(event, T_ID);
+        PyObject *debit_object = PyTuple_GET_ITEM(event, T_DEBIT);
+        PyObject *credit_object = PyTuple_GET_ITEM(event, T_CREDIT);
+        uint64_t flags, event_timestamp, amount, pending_id, timeout, ledger, code;
+        if (!as_u64(PyTuple_GET_ITEM(event, T_FLAGS), &flags) || flags != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_TIMESTAMP), &event_timestamp) ||
+            event_timestamp != 0 ||
+            !is_id(id_object) || !is_id(debit_object) || !is_id(credit_object) ||
+            !as_u64(PyTuple_GET_ITEM(event, T_PENDING_ID), &pending_id) || pending_id != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_TIMEOUT), &timeout) || timeout != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_AMOUNT), &amount) || amount == 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_LEDGER), &ledger) || ledger == 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_CODE), &code) || code == 0) {
+            break;
+        }
+        int same_account = PyObject_RichCompareBool(debit_object, credit_object, Py_EQ);
+        if (same_account < 0) {
+            return NULL;
+        }
+        if (same_account) {
+            break;
+        }
+        int seen = PyDict_Contains(created_by_id, id_object);
+        if (seen == 0) {
+            seen = PyDict_Contains(transfers, id_object);
+        }
+        if (seen == 0) {
+            seen = PyDict_Contains(failed, id_object);
+        }
+        if (seen < 0) {
+            return NULL;
+        }
+        if (seen) {
+            break;
+        }
+        PyObject *debit_account = PyDict_GetItemWithError(accounts, debit_object);
+        if (debit_account == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        PyObject *credit_account = PyDict_GetItemWithError(accounts, credit_object);
+        if (credit_account == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        uint64_t debit_ledger, credit_ledger;
+        if (!PyTuple_Check(debit_account) || PyTuple_GET_SIZE(debit_account) != A_FIELDS ||
+            !PyTuple_Check(credit_account) || PyTuple_GET_SIZE(credit_account) != A_FIELDS ||
+            !as_u64(PyTuple_GET_ITEM(debit_account, A_LEDGER), &debit_ledger) ||
+            !as_u64(PyTuple_GET_ITEM(credit_account, A_LEDGER), &credit_ledger) ||
+            debit_ledger != ledger || credit_ledger != ledger) {
+            break;
+        }
+        /* From here the Python fast path would make the working rows: so do we. */
+        PyObject *debit_row = working_row(balances, debit_object, debit_account);
+        if (debit_row == NULL) {
+            return NULL;
+        }
+        PyObject *credit_row = working_row(balances, credit_object, credit_account);
+        if (credit_row == NULL) {
+            return NULL;
+        }
+        if (!PyList_CheckExact(debit_row) || PyList_GET_SIZE(debit_row) != A_FIELDS ||
+            !PyList_CheckExact(credit_row) || PyList_GET_SIZE(credit_row) != A_FIELDS) {
+            break;
+        }
+        uint64_t debit_flags, credit_flags, debits_pending, debits_posted_before;
+        uint64_t debit_credits_posted, credits_pending, credits_posted_before;
+        uint64_t credit_debits_posted;
+        if (!as_u64(PyList_GET_ITEM(debit_row, A_FLAGS), &debit_flags) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_FLAGS), &credit_flags) ||
+            ((debit_flags | credit_flags) & (CLOSED | HISTORY)) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_DP), &debits_pending) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_DPO), &debits_posted_before) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_CPO), &debit_credits_posted) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_CP), &credits_pending) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_CPO), &credits_posted_before) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_DPO), &credit_debits_posted)) {
+            break;
+        }
+        /* Sums of 64-bit values never reach the 128-bit maximum, so the overflow rules
+         * cannot fire here; a new balance beyond 64 bits goes to Python all the same. */
+        if (amount > UINT64_MAX - debits_posted_before ||
+            amount > UINT64_MAX - credits_posted_before) {
+            break;
+        }
+        uint64_t debits_posted = debits_posted_before + amount;
+        uint64_t credits_posted = credits_posted_before + amount;
+        /* The limits, exactly: a pending + posted sum past 64 bits exceeds any 64-bit limit. */
+        if ((debit_flags & DEBITS_MUST_NOT_EXCEED_CREDITS) &&
+            (debits_pending > UINT64_MAX - debits_posted ||
+             debits_pending + debits_posted > debit_credits_posted)) {
+            break;
+        }
+        if ((credit_flags & CREDITS_MUST_NOT_EXCEED_DEBITS) &&
+            (credits_pending > UINT64_MAX - credits_posted ||
+             credits_pending + credits_posted > credit_debits_posted)) {
+            break;
+        }
+        /* Sure to succeed: make everything first, then change the batch's state. */
+        PyObject *debits_posted_object = PyLong_FromUnsignedLongLong(debits_posted);
+        PyObject *credits_posted_object = PyLong_FromUnsignedLongLong(credits_posted);
+        PyObject *timestamp_object =
+            PyLong_FromUnsignedLongLong(timestamp_base + (uint64_t)index);
+        PyObject *stored = new_record((PyTypeObject *)transfer_type, T_FIELDS);
+        if (debits_posted_object == NULL || credits_posted_object == NULL ||
+            timestamp_object == NULL || stored == NULL) {
+            Py_XDECREF(debits_posted_object);
+            Py_XDECREF(credits_posted_object);
+            Py_XDECREF(timestamp_object);
+            Py_XDECREF(stored);
+            return NULL;
+        }
+        /* As sent, with the ledger's timestamp (the last field). */
+        for (Py_ssize_t field = 0; field < T_TIMESTAMP; field++) {
+            PyObject *item = PyTuple_GET_ITEM(event, field);
+            Py_INCREF(item);
+            PyTuple_SET_ITEM(stored, field, item);
+        }
+        PyTuple_SET_ITEM(stored, T_TIMESTAMP, timestamp_object);
+        /* PyList_SetItem takes the new values and releases the old ones. */
+        PyList_SetItem(debit_row, A_DPO, debits_posted_object);
+        PyList_SetItem(credit_row, A_CPO, credits_posted_object);
+        int failed_to_record = PyList_Append(created, stored) ||
+                               PyDict_SetItem(created_by_id, id_object, stored);
+        Py_DECREF(stored);
+        if (failed_to_record) {
+            return NULL;
+        }
+    }
+    return PyLong_FromSsize_t(index);
+}
+
+/* Unsigned widths of a Transfer's fields, in order (paycell.core.events checks the same). */
+static const unsigned transfer_field_bits[T_FIELDS] = {
+    128, 128, 128, 128, 128, 128, 64, 32, 32, 32, 16, 16, 64,
+};
+
+/*
+ * well_formed_prefix(events, transfer_type) -> int
+ *
+ * The index of the first event that is not a `transfer_type` record of exact ints, each
+ * within its field's width (len(events) when all are). paycell.core.events checks (and
+ * diagnoses) the events from there on.
+ */
+static PyObject *
+well_formed_prefix(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "well_formed_prefix takes a list and a type");
+        return NULL;
+    }
+    PyObject *events = args[0];
+    PyTypeObject *transfer_type = (PyTypeObject *)args[1];
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    Py_ssize_t index = 0;
+    for (; index < count; index++) {
+        PyObject *event = PyList_GET_ITEM(events, index);
+        if (Py_TYPE(event) != transfer_type || !PyTuple_Check(event) ||
+            PyTuple_GET_SIZE(event) != T_FIELDS) {
+            break;
+        }
+        Py_ssize_t field = 0;
+        while (field < T_FIELDS &&
+               fits(PyTuple_GET_ITEM(event, field), transfer_field_bits[field])) {
+            field++;
+        }
+        if (field < T_FIELDS) {
+            break;
+        }
+    }
+    return PyLong_FromSsize_t(index);
+}
+
+/* Decimal digits of `value` written backwards from `end`; returns the first digit. */
+static char *
+digits_before(char *end, uint64_t value)
+{
+    do {
+        *--end = (char)('0' + value % 10);
+        value /= 10;
+    } while (value != 0);
+    return end;
+}
+
+/*
+ * transfer_lines(transfers) -> bytes | None
+ *
+ * b"".join(b"T %d %d ... %d\n" % t for t in transfers), the journal's transfer records, or
+ * None when a field is not a plain int within 64 unsigned bits (the caller formats those).
+ */
+static PyObject *
+transfer_lines(PyObject *module, PyObject *transfers)
+{
+    (void)module;
+    if (!PyList_CheckExact(transfers)) {
+        PyErr_SetString(PyExc_TypeError, "transfer_lines takes a list");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(transfers);
+    /* At most "T " + 13 fields of 20 digits and a separator each: 2 + 13 * 21 bytes. */
+    const Py_ssize_t line_max = 2 + T_FIELDS * 21;
+    if (count > PY_SSIZE_T_MAX / line_max) {
+        PyErr_SetString(PyExc_OverflowError, "too many transfers");
+        return NULL;
+    }
+    PyObject *text = PyBytes_FromStringAndSize(NULL, count * line_max);
+    if (text == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(text);
+    char scratch[24];
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *transfer = PyList_GET_ITEM(transfers, index);
+        if (!PyTuple_Check(transfer) || PyTuple_GET_SIZE(transfer) != T_FIELDS) {
+            Py_DECREF(text);
+            Py_RETURN_NONE;
+        }
+        *out++ = 'T';
+        for (Py_ssize_t field = 0; field < T_FIELDS; field++) {
+            uint64_t value;
+            if (!as_u64(PyTuple_GET_ITEM(transfer, field), &value)) {
+                Py_DECREF(text);
+                Py_RETURN_NONE;
+            }
+            char *end = scratch + sizeof scratch;
+            char *first = digits_before(end, value);
+            *out++ = ' ';
+            memcpy(out, first, (size_t)(end - first));
+            out += end - first;
+        }
+        *out++ = '\n';
+    }
+    if (_PyBytes_Resize(&text, out - PyBytes_AS_STRING(text)) < 0) {
+        return NULL;
+    }
+    return text;
+}
+
+/*
+ * updated_accounts(balances, accounts, account_type, balance_max) -> dict | None
+ *
+ * For each working row in `balances`, the account it now is, keyed by id, leaving out rows
+ * equal to the account as prefetched (touched by a transfer that then failed). Pending
+ * balances must stay within [0, balance_max]: a row outside that is a broken invariant and
+ * raises AssertionError, as the Python version asserts. None when a row holds a balance or
+ * flag that is not a plain int within 64 unsigned bits (the caller does those in Python).
+ */
+static PyObject *
+updated_accounts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "updated_accounts takes 3 arguments");
+        return NULL;
+    }
+    PyObject *balances = args[0], *accounts = args[1], *account_type = args[2];
+    if (!PyDict_CheckExact(balances) || !PyDict_CheckExact(accounts) ||
+        !PyType_Check(account_type) ||
+        !PyType_IsSubtype((PyTypeObject *)account_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "updated_accounts: unexpected argument types");
+        return NULL;
+    }
+    /* Plain 64-bit values are within range by construction; anything else goes to Python. */
+    PyObject *key, *row;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(balances, &position, &key, &row)) {
+        uint64_t ignored;
+        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != A_FIELDS ||
+            !as_u64(PyList_GET_ITEM(row, A_DP), &ignored) ||
+            !as_u64(PyList_GET_ITEM(row, A_CP), &ignored)) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *updated = PyDict_New();
+    if (updated == NULL) {
+        return NULL;
+    }
+    position = 0;
+    while (PyDict_Next(balances, &position, &key, &row)) {
+        PyObject *before = PyDict_GetItemWithError(accounts, key);
+        if (before == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, key);
+            }
+            Py_DECREF(updated);
+            return NULL;
+        }
+        PyObject *after = new_record((PyTypeObject *)account_type, A_FIELDS);
+        if (after == NULL) {
+            Py_DECREF(updated);
+            return NULL;
+        }
+        for (Py_ssize_t field = 0; field < A_FIELDS; field++) {
+            PyObject *item = PyList_GET_ITEM(row, field);
+            Py_INCREF(item);
+            PyTuple_SET_ITEM(after, field, item);
+        }
+        int same = PyObject_RichCompareBool(after, before, Py_EQ);
+        if (same < 0 || (!same && PyDict_SetItem(updated, key, after) < 0)) {
+            Py_DECREF(after);
+            Py_DECREF(updated);
+            return NULL;
+        }
+        Py_DECREF(after);
+    }
+    return updated;
+}
+
+/* The constants compiled in, for the Python side to check against its own at import. */
+static PyObject *
+constants(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:(iiiiiiiiii),s:(iiiiii)}",
+        "DEBITS_MUST_NOT_EXCEED_CREDITS", DEBITS_MUST_NOT_EXCEED_CREDITS,
+        "CREDITS_MUST_NOT_EXCEED_DEBITS", CREDITS_MUST_NOT_EXCEED_DEBITS,
+        "HISTORY", HISTORY,
+        "CLOSED", CLOSED,
+        "transfer_fields", T_ID, T_DEBIT, T_CREDIT, T_AMOUNT, T_PENDING_ID, T_TIMEOUT,
+        T_LEDGER, T_CODE, T_FLAGS, T_TIMESTAMP,
+        "account_fields", A_DP, A_DPO, A_CP, A_CPO, A_LEDGER, A_FLAGS);
+}
+
+static PyMethodDef fastpath_methods[] = {
+    {"apply_plain", (PyCFunction)(void (*)(void))apply_plain, METH_FASTCALL,
+     "Apply plain transfers sure to succeed from `start`; return the first index not applied."},
+    {"well_formed_prefix", (PyCFunction)(void (*)(void))well_formed_prefix, METH_FASTCALL,
+     "The index of the first event that is not surely well-formed."},
+    {"transfer_lines", transfer_lines, METH_O,
+     "The journal's transfer records as one bytes object, or None to format in Python."},
+    {"updated_accounts", (PyCFunction)(void (*)(void))updated_accounts, METH_FASTCALL,
+     "The accounts a batch's working rows changed, or None to compute in Python."},
+    {"constants", constants, METH_NOARGS, "The field positions and flag bits compiled in."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "paycell.core._fastpath",
+    .m_doc = "The ledger state machine's plain-transfer fast path, compiled.",
+    .m_size = 0,
+    .m_methods = fastpath_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    return PyModuleDef_Init(&fastpath_module);
+}
