@@ -35,6 +35,7 @@ from paycell.core.types import (
     Transfer,
     TransferFlags,
 )
+from tests.compiled_path import COMPILED, WITH_COMPILED, WITH_COMPILED_IDS, use_compiled
 
 MAX = (1 << 128) - 1
 F = TransferFlags
@@ -56,22 +57,10 @@ def fast_path(enabled: bool) -> Iterator[None]:
         state_machine._FAST_PATH = saved
 
 
-@contextmanager
-def use_compiled(enabled: bool) -> Iterator[None]:
-    saved = compiled.enabled()
-    compiled.switch(enabled)
-    try:
-        yield
-    finally:
-        compiled.switch(saved)
-
-
 # The ways through the core the tests below compare: the compiled fast path (with the Python
 # one for what it hands back), the Python fast path alone, and the general rules alone.
 # PAYCELL_PURE_PYTHON=1 runs the suite without the first.
 PATHS = {"compiled": (True, True), "python": (True, False), "general": (False, False)}
-COMPILED = compiled.enabled()
-WITH_COMPILED = [True, False] if COMPILED else [False]
 
 
 @contextmanager
@@ -407,9 +396,7 @@ def field_by_field(events: list[Any]) -> list[Transfer] | InvalidFieldError:
         return error
 
 
-@pytest.mark.parametrize(
-    "with_compiled", WITH_COMPILED, ids=["compiled", "python"][-len(WITH_COMPILED) :]
-)
+@pytest.mark.parametrize("with_compiled", WITH_COMPILED, ids=WITH_COMPILED_IDS)
 @settings(max_examples=300, deadline=None)
 @given(events=st.lists(record, min_size=1, max_size=5))
 def test_validate_transfers_agrees_with_the_field_by_field_check(
@@ -443,9 +430,7 @@ def check_validation(events: list[Any]) -> None:
 # ------------------------------------------------------------------------------ journal hash
 
 
-@pytest.mark.parametrize(
-    "with_compiled", WITH_COMPILED, ids=["compiled", "python"][-len(WITH_COMPILED) :]
-)
+@pytest.mark.parametrize("with_compiled", WITH_COMPILED, ids=WITH_COMPILED_IDS)
 @pytest.mark.parametrize("widths", ["64-bit", "128-bit"])
 def test_batch_hash_is_the_documented_encoding(with_compiled: bool, widths: str) -> None:
     accounts = [Account(id=1, ledger=156, code=2, flags=8, timestamp=11), Account(id=MAX - 1)]

@@ -131,6 +131,23 @@ new_record(PyTypeObject *type, Py_ssize_t size)
 }
 
 /*
+ * Take a filled record of plain ints off the cyclic garbage collector's lists: it can never be
+ * part of a cycle, and CPython would untrack it at its first collection anyway (as it does any
+ * tuple of atomic values). Done here, that first collection, which the ledger defers to the
+ * end of a batch, does not walk some 16,000 records of a large batch (about 6 ms).
+ */
+static void
+untrack_if_plain_ints(PyObject *record)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(record); i++) {
+        if (!PyLong_CheckExact(PyTuple_GET_ITEM(record, i))) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(record);
+}
+
+/*
  * apply_plain(events, start, timestamp_base, accounts, balances, transfers, failed,
  *             created, created_by_id, transfer_type) -> int
  *
@@ -301,6 +318,7 @@ apply_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyTuple_SET_ITEM(stored, field, item);
         }
         PyTuple_SET_ITEM(stored, T_TIMESTAMP, timestamp_object);
+        untrack_if_plain_ints(stored);
         /* PyList_SetItem takes the new values and releases the old ones. */
         PyList_SetItem(debit_row, A_DPO, debits_posted_object);
         PyList_SetItem(credit_row, A_CPO, credits_posted_object);
@@ -480,6 +498,7 @@ updated_accounts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_INCREF(item);
             PyTuple_SET_ITEM(after, field, item);
         }
+        untrack_if_plain_ints(after);
         int same = PyObject_RichCompareBool(after, before, Py_EQ);
         if (same < 0 || (!same && PyDict_SetItem(updated, key, after) < 0)) {
             Py_DECREF(after);
@@ -489,6 +508,80 @@ updated_accounts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(after);
     }
     return updated;
+}
+
+/*
+ * int64_rows(records, fields, fallback) -> list
+ *
+ * [plain tuple of record[f] for f in fields if all are ints in [0, 2**63), else
+ *  fallback(record), for each record]: rows to bind to a database whose INTEGER is a signed
+ * 64-bit value. A plain tuple binds faster than a record (sqlite3 binds a tuple by index);
+ * `fallback` encodes the rare record with a wider value.
+ */
+static PyObject *
+int64_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) ||
+        !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "int64_rows takes a list, a tuple of field positions and a callable");
+        return NULL;
+    }
+    PyObject *records = args[0], *fields = args[1], *fallback = args[2];
+    Py_ssize_t width = PyTuple_GET_SIZE(fields);
+    Py_ssize_t positions[32];
+    if (width > (Py_ssize_t)(sizeof positions / sizeof positions[0])) {
+        PyErr_SetString(PyExc_ValueError, "int64_rows takes at most 32 fields");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < width; i++) {
+        positions[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
+        if (positions[i] < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "field positions are not negative");
+            }
+            return NULL;
+        }
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    PyObject *rows = PyList_New(count);
+    if (rows == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *record = PyList_GET_ITEM(records, index);
+        int plain = PyTuple_Check(record);
+        for (Py_ssize_t i = 0; plain && i < width; i++) {
+            if (positions[i] >= PyTuple_GET_SIZE(record)) {
+                plain = 0;
+                break;
+            }
+            PyObject *item = PyTuple_GET_ITEM(record, positions[i]);
+            int overflow = 0;
+            plain = PyLong_CheckExact(item) &&
+                    PyLong_AsLongLongAndOverflow(item, &overflow) >= 0 && overflow == 0;
+        }
+        PyObject *row;
+        if (plain) {
+            row = PyTuple_New(width);
+            if (row != NULL) {
+                for (Py_ssize_t i = 0; i < width; i++) {
+                    PyObject *item = PyTuple_GET_ITEM(record, positions[i]);
+                    Py_INCREF(item);
+                    PyTuple_SET_ITEM(row, i, item);
+                }
+            }
+        } else {
+            row = PyObject_CallOneArg(fallback, record);
+        }
+        if (row == NULL) {
+            Py_DECREF(rows);
+            return NULL;
+        }
+        PyList_SET_ITEM(rows, index, row);
+    }
+    return rows;
 }
 
 /* The constants compiled in, for the Python side to check against its own at import. */
@@ -517,6 +610,8 @@ static PyMethodDef fastpath_methods[] = {
      "The journal's transfer records as one bytes object, or None to format in Python."},
     {"updated_accounts", (PyCFunction)(void (*)(void))updated_accounts, METH_FASTCALL,
      "The accounts a batch's working rows changed, or None to compute in Python."},
+    {"int64_rows", (PyCFunction)(void (*)(void))int64_rows, METH_FASTCALL,
+     "Plain tuples of the records' fields where they fit a signed 64-bit INTEGER."},
     {"constants", constants, METH_NOARGS, "The field positions and flag bits compiled in."},
     {NULL, NULL, 0, NULL},
 };

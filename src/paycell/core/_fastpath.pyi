@@ -1,4 +1,5 @@
 # Types of the compiled fast path (src/paycell/core/_fastpath.c); see paycell.core.compiled.
+from collections.abc import Callable
 from typing import Any
 
 def apply_plain(
@@ -20,3 +21,6 @@ def updated_accounts(
     balances: dict[int, list[int]], accounts: dict[int, Any], account_type: type, /
 ) -> dict[int, Any] | None: ...
 def constants() -> dict[str, Any]: ...
+def int64_rows(
+    records: list[Any], fields: tuple[int, ...], fallback: Callable[[Any], Any], /
+) -> list[Any]: ...

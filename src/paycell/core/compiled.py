@@ -2,7 +2,8 @@
 
 The C module repeats four hot loops of the pure-Python core for large batches: checking that
 events are well-formed, applying plain transfers sure to succeed, formatting the journal's
-transfer records, and listing the accounts a batch updated. Each attribute here is that
+transfer records, and listing the accounts a batch updated. A fifth, `int64_rows`, is for the
+SQLite adapter: the rows it binds, as plain tuples. Each attribute here is that
 function, or None when the module was not built (no C compiler where paycell was installed)
 or is switched off (`PAYCELL_PURE_PYTHON=1`, which `paycell/__init__.py` reads); the core then
 runs its pure-Python code, which is the definition of every rule and decides the same.
@@ -17,6 +18,7 @@ ApplyPlain = Callable[..., int]
 WellFormedPrefix = Callable[[list[Any], type], int]
 TransferLines = Callable[[list[Any]], bytes | None]
 UpdatedAccounts = Callable[[dict[int, list[int]], dict[int, Any], type], dict[int, Any] | None]
+Int64Rows = Callable[[list[Any], tuple[int, ...], Callable[[Any], Any]], list[Any]]
 
 
 def _load() -> Any:
@@ -48,6 +50,7 @@ apply_plain: ApplyPlain | None = None
 well_formed_prefix: WellFormedPrefix | None = None
 transfer_lines: TransferLines | None = None
 updated_accounts: UpdatedAccounts | None = None
+int64_rows: Int64Rows | None = None
 
 
 def switch(enabled: bool) -> None:
@@ -55,13 +58,14 @@ def switch(enabled: bool) -> None:
 
     Switching it on needs the module to have been built (`BUILT`).
     """
-    global apply_plain, well_formed_prefix, transfer_lines, updated_accounts
+    global apply_plain, well_formed_prefix, transfer_lines, updated_accounts, int64_rows
     if enabled and _module is None:
         raise RuntimeError("paycell.core._fastpath was not built (see docs/performance.md)")
     apply_plain = _module.apply_plain if enabled else None
     well_formed_prefix = _module.well_formed_prefix if enabled else None
     transfer_lines = _module.transfer_lines if enabled else None
     updated_accounts = _module.updated_accounts if enabled else None
+    int64_rows = _module.int64_rows if enabled else None
 
 
 def enabled() -> bool:

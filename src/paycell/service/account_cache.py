@@ -10,7 +10,7 @@ The cache is bounded (`ACCOUNT_CACHE_CAPACITY`); beyond it, it starts over rathe
 recency, which keeps the hot path to plain dict operations.
 """
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from paycell.core.batch import CommittedBatch, LedgerMeta
@@ -47,15 +47,20 @@ class AccountCache:
         return found, missing
 
     def remember_read(self, accounts: Iterable[Account]) -> None:
+        self.remember({account.id: account for account in accounts})
+
+    def remember(self, accounts_by_id: Mapping[int, Account]) -> None:
+        """Accounts as read or committed, by id (one C-level dict update: a batch of 8,190
+        updates some 8,000 accounts)."""
         if len(self._accounts) >= self.capacity:
             self._accounts.clear()
-        self._accounts.update((account.id, account) for account in accounts)
+        self._accounts.update(accounts_by_id)
 
     def remember_committed(self, batches: Iterable[CommittedBatch], meta: LedgerMeta) -> None:
         """After a commit: the batches' final account states, as of the new batch number."""
         for batch in batches:
             self.remember_read(batch.accounts_created)
-            self.remember_read(batch.accounts_updated.values())
+            self.remember(batch.accounts_updated)
         self._batch_number = meta.batch_number
 
     def forget(self) -> None:

@@ -246,7 +246,7 @@ class LedgerService:
         found, missing = self.account_cache.split(ids)
         if missing:
             read = unit.accounts_by_id(missing)
-            self.account_cache.remember_read(read.values())
+            self.account_cache.remember(read)
             found.update(read)
         return found
 
@@ -267,7 +267,7 @@ class LedgerService:
             unit.save(expiry)
             committed.append(expiry)
             # The batch that follows must see the balances the expiry released.
-            self.account_cache.remember_read(expiry.accounts_updated.values())
+            self.account_cache.remember(expiry.accounts_updated)
             meta = expiry.meta_after
 
     def _prefetch(self, unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:

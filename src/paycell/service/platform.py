@@ -259,7 +259,7 @@ class PlatformService:
                 unit.save(batch)
                 committed.append(batch)
                 # The next command in this unit must see these balances, not the cache's.
-                self.ledger.account_cache.remember_read(batch.accounts_updated.values())
+                self.ledger.account_cache.remember(batch.accounts_updated)
                 meta = batch.meta_after
         unit.save_records(decision)
         return decision, meta
@@ -716,7 +716,7 @@ class PlatformService:
                 unit.save(batch)
                 committed.append(batch)
                 # The next round in this unit must see these balances, not the cache's.
-                self.ledger.account_cache.remember_read(batch.accounts_updated.values())
+                self.ledger.account_cache.remember(batch.accounts_updated)
                 meta = batch.meta_after
             break
         return meta

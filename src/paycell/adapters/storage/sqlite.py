@@ -43,6 +43,7 @@ from paycell.adapters.storage.sqlite_account_log import (
     AccountChangeLog,
 )
 from paycell.adapters.storage.sqlite_writer_queue import WriterQueue
+from paycell.core import compiled
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
 from paycell.core.errors import PaycellError
 from paycell.core.journal import GENESIS_HASH
@@ -295,6 +296,32 @@ def _encode_transfer(t: Transfer) -> tuple[int | bytes, ...]:
     )
 
 
+# The fields `_account_change_row` takes, and all of a Transfer's, by position.
+_CHANGE_FIELDS: Final = (0, 1, 2, 3, 4, 11)
+_TRANSFER_FIELDS: Final = tuple(range(len(Transfer._fields)))
+
+
+def _account_change_rows(accounts: list[Account]) -> list[tuple[int | bytes, ...]]:
+    """`_account_change_row` of each account: in one C pass where the compiled path is on."""
+    if compiled.int64_rows is not None:
+        return compiled.int64_rows(accounts, _CHANGE_FIELDS, _account_change_row)
+    return [_account_change_row(a) for a in accounts]
+
+
+def _transfer_rows(transfers: list[Transfer]) -> list[tuple[int | bytes, ...]]:
+    """The transfers as INSERT binds them. A Transfer's field order is the column order, so a
+    record whose 128-bit fields all fit in an INTEGER (the common case) is bound as it is,
+    unconverted, as a plain tuple (see `_account_change_row`)."""
+    if compiled.int64_rows is not None:
+        return compiled.int64_rows(transfers, _TRANSFER_FIELDS, _encode_transfer)
+    return [
+        tuple(t)
+        if (t[0] | t[1] | t[2] | t[3] | t[4] | t[5] | t[6]) < _INT64_LIMIT
+        else _encode_transfer(t)
+        for t in transfers
+    ]
+
+
 def decode(value: int | bytes) -> int:
     return value if type(value) is int else int.from_bytes(value, "big")  # type: ignore[arg-type]
 
@@ -430,21 +457,13 @@ class _SqliteWriteUnit:
                 [(*_encode_account(a), a.flags) for a in batch.accounts_created],
             )
         if batch.transfers_created:
-            # A Transfer's field order is the column order, so a record whose 128-bit fields
-            # all fit in an INTEGER (the common case) is bound as it is, unconverted, as a
-            # plain tuple (see `_account_change_row`).
             connection.executemany(
                 f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    tuple(t)
-                    if (t[0] | t[1] | t[2] | t[3] | t[4] | t[5] | t[6]) < _INT64_LIMIT
-                    else _encode_transfer(t)
-                    for t in batch.transfers_created
-                ],
+                _transfer_rows(batch.transfers_created),
             )
         if batch.accounts_updated:
             # Logged, not updated in place: see sqlite_account_log.py.
-            self._account_log.append(connection, batch.accounts_updated.values())
+            self._account_log.append(connection, batch.accounts_updated)
         if batch.pending_created:
             connection.executemany(
                 "INSERT INTO pending_transfers (id, status, expires_at) VALUES (?,?,?)",
@@ -571,7 +590,7 @@ class SqliteStore(SqlLedgerReads):
         # Read at open, not import, so a test can make the tail tiny and index every batch.
         self.statement_index_every: int = STATEMENT_INDEX_EVERY
         self.account_log = AccountChangeLog(
-            ACCOUNT_CHANGES_MERGE_EVERY, _account_change_row, decode, _accounts_by_id
+            ACCOUNT_CHANGES_MERGE_EVERY, _account_change_rows, decode, _accounts_by_id
         )
         self.path = Path(path)
         self.url = str(self.path)
