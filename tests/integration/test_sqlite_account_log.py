@@ -79,6 +79,32 @@ def test_changes_are_logged_until_the_log_fills_then_written_back_in_one_go(
         assert ledger.verify().ok
 
 
+def test_repeated_changes_fold_until_the_log_holds_enough_distinct_accounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-back costs one update per distinct account: rows that change the same accounts
+    again wait for the row limit, new accounts for the (lower) account limit."""
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_MERGE_EVERY", 1000)
+    monkeypatch.setattr(sqlite_storage, "ACCOUNT_CHANGES_ACCOUNTS_MAX", 3)
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2, 3, 4) as ledger:
+        for transfer_id in range(1, 6):
+            pay(ledger, transfer_id, 1, 2, 1)
+        # Ten rows, two accounts: folded in the log, nothing written back yet.
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(10,)]
+        assert rows(path, "SELECT account_log_generation FROM ledger_meta") == [(0,)]
+
+        pay(ledger, 6, 3, 4, 1)  # Four distinct accounts cross the limit of three.
+        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert rows(path, "SELECT id, debits_posted, credits_posted FROM accounts") == [
+            (1, 5, 0),
+            (2, 0, 5),
+            (3, 1, 0),
+            (4, 0, 1),
+        ]
+        assert ledger.verify().ok
+
+
 def test_other_processes_see_each_others_logged_and_written_back_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,7 @@ from paycell.adapters.storage.ledger_queries import (
     query,
 )
 from paycell.adapters.storage.sqlite_account_log import (
+    ACCOUNT_CHANGES_ACCOUNTS_MAX,
     ACCOUNT_CHANGES_MERGE_EVERY,
     AccountChangeLog,
 )
@@ -590,7 +591,11 @@ class SqliteStore(SqlLedgerReads):
         # Read at open, not import, so a test can make the tail tiny and index every batch.
         self.statement_index_every: int = STATEMENT_INDEX_EVERY
         self.account_log = AccountChangeLog(
-            ACCOUNT_CHANGES_MERGE_EVERY, _account_change_rows, decode, _accounts_by_id
+            ACCOUNT_CHANGES_MERGE_EVERY,
+            _account_change_rows,
+            decode,
+            _accounts_by_id,
+            ACCOUNT_CHANGES_ACCOUNTS_MAX,
         )
         self.path = Path(path)
         self.url = str(self.path)

@@ -27,10 +27,15 @@ from typing import Any, Final
 
 from paycell.core.types import Account
 
-# Rows the log holds before a write-back. A batch of 8,190 random transfers logs about 16,000
-# accounts, so this writes back every second such batch and every ~160 batches of 100. The
-# memory view holds at most this many accounts plus one batch's worth (about 10 MB).
-ACCOUNT_CHANGES_MERGE_EVERY: Final = 32_768
+# A batch writes the log back once it holds this many rows, or this many distinct accounts,
+# whichever comes first. A write-back costs one UPDATE per distinct account, so rows that
+# change the same accounts again (a hot merchant, a small ledger) fold for free until the row
+# limit, which bounds the log's size and what a new connection reads. Among many accounts,
+# where a batch of 8,190 random transfers logs about 16,000 of them, the account limit writes
+# back every second such batch; among 10,000 accounts, the row limit every sixteenth. The
+# memory view holds at most the account limit plus one batch's worth (about 10 MB).
+ACCOUNT_CHANGES_MERGE_EVERY: Final = 131_072
+ACCOUNT_CHANGES_ACCOUNTS_MAX: Final = 32_768
 
 # What changes of an account, as logged and written back: (id, debits_pending, debits_posted,
 # credits_pending, credits_posted, flags), stored-encoded.
@@ -73,8 +78,10 @@ class AccountChangeLog:
         change_rows: Callable[[list[Account]], list[ChangeRow]],
         decode: Callable[[Any], int],
         read_accounts: Callable[[sqlite3.Connection, Collection[int]], dict[int, Account]],
+        accounts_max: int = ACCOUNT_CHANGES_ACCOUNTS_MAX,
     ) -> None:
         self.merge_every = merge_every
+        self.accounts_max = accounts_max
         self._change_rows = change_rows
         self._decode = decode
         # Reads accounts from `accounts`, for the fields the log does not hold.
@@ -162,7 +169,7 @@ class AccountChangeLog:
         (last_seq,) = connection.execute("SELECT last_insert_rowid()").fetchone()
         self._latest.update(accounts)
         self._seen_through = last_seq
-        if last_seq >= self.merge_every:
+        if last_seq >= self.merge_every or len(self._latest) >= self.accounts_max:
             self._write_back(connection)
 
     def _write_back(self, connection: sqlite3.Connection) -> None:
