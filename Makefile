@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml setup.py src/paycell/core/_fastpath.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'import paycell.core._fastpath' 2>/dev/null || echo "*** paycell.core._fastpath \
+	was not built (no C compiler or Python headers?): the ledger runs its pure-Python path, \
+	and make test fails on it. Run: $(BIN)/python -m pip install -v -e . to see why." >&2
 	touch $(STAMP)
 
 alipay-sdks: venv

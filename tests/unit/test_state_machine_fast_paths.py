@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,8 +74,20 @@ def path(name: str) -> Iterator[None]:
 def test_the_compiled_fast_path_is_built_and_on_unless_switched_off() -> None:
     """The suite must not pass on the pure-Python path alone because the build failed."""
     switched_off = os.environ.get("PAYCELL_PURE_PYTHON") == "1"
-    assert compiled.BUILT
+    assert compiled.BUILT, (
+        "paycell.core._fastpath was not built: `.venv/bin/python -m pip install -v -e .` "
+        "shows the compiler's error (it needs a C compiler and Python's headers)"
+    )
     assert compiled.enabled() is not switched_off
+
+
+def test_the_compiled_module_is_built_from_this_source() -> None:
+    """A module left from an older _fastpath.c would test the wrong code: `make` (or
+    `pip install -e .`) builds it again when the source changes."""
+    source = Path(compiled.__file__).with_name("_fastpath.c").read_bytes()
+    assert compiled.source_sha256() == hashlib.sha256(source).hexdigest(), (
+        "paycell.core._fastpath is out of date: run make (or pip install -e .)"
+    )
 
 
 # ---------------------------------------------------------------------- generated ledgers
@@ -307,6 +320,205 @@ def test_compiled_python_and_general_paths_agree(
         assert apply(prefetched, events, meta, way="compiled") == general
 
 
+# Balances, amounts and ids around the 64-bit edge, where the compiled path's arithmetic ends
+# and its overflow guards work: a limit whose pending + posted just wraps, a balance one short
+# of the edge. Failed and committed ids come up often.
+edge_value = st.one_of(
+    st.integers(0, 50),
+    st.integers(U64 - 60, U64 + 3),
+    st.integers(1000, 2000),
+    st.sampled_from([U64 // 2, 1 << 63, (1 << 63) - 1]),
+)
+edge_flags = st.sampled_from(
+    [
+        0,
+        0,
+        int(AF.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        int(AF.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        int(AF.CREDITS_MUST_NOT_EXCEED_DEBITS),
+        int(AF.HISTORY),
+        int(AF.CLOSED),
+    ]
+)
+COMMITTED_ID, FAILED_ID = 77, 78
+
+
+@st.composite
+def edge_batches(draw: st.DrawFn) -> tuple[state_machine.Prefetched, list[Transfer], LedgerMeta]:
+    first_id = draw(st.sampled_from([1, 1, U64 - 1, MAX - 5, (1 << 63) - 1]))
+    books = {
+        account_id: Account(
+            id=account_id,
+            debits_pending=draw(edge_value),
+            debits_posted=draw(edge_value),
+            credits_pending=draw(edge_value),
+            credits_posted=draw(edge_value),
+            ledger=draw(st.sampled_from([1, 1, 1, 2])),
+            code=1,
+            flags=draw(edge_flags),
+            timestamp=1,
+        )
+        for account_id in range(first_id, first_id + draw(st.integers(2, 4)))
+    }
+    ids = list(books)
+    committed = {}
+    if draw(st.booleans()):
+        committed[COMMITTED_ID] = Transfer(
+            id=COMMITTED_ID,
+            debit_account_id=ids[0],
+            credit_account_id=ids[1],
+            amount=5,
+            ledger=1,
+            code=1,
+            timestamp=5,
+        )
+    failed = {FAILED_ID: "exceeds_credits"} if draw(st.booleans()) else {}
+    events = []
+    for _ in range(draw(st.integers(1, 12))):
+        debit = draw(st.sampled_from([*ids, 0, MAX]))
+        events.append(
+            Transfer(
+                id=draw(
+                    st.one_of(
+                        st.integers(1, 30),
+                        st.sampled_from([0, MAX, MAX - 1, COMMITTED_ID, FAILED_ID, 1 << 64, U64]),
+                    )
+                ),
+                debit_account_id=debit,
+                credit_account_id=draw(st.sampled_from([*ids, debit])),
+                amount=draw(st.one_of(st.integers(1, 100), edge_value, st.sampled_from([MAX, 0]))),
+                pending_id=draw(st.sampled_from([0] * 10 + [COMMITTED_ID])),
+                user_data_128=draw(st.sampled_from([0, MAX])),
+                timeout=draw(st.sampled_from([0] * 10 + [1])),
+                ledger=draw(st.sampled_from([1, 1, 1, 2, 0])),
+                code=draw(st.sampled_from([1] * 10 + [0])),
+                flags=draw(
+                    st.sampled_from(
+                        [0] * 8 + [int(F.LINKED), int(F.PENDING), int(F.BALANCING_DEBIT)]
+                    )
+                ),
+                timestamp=draw(st.sampled_from([0] * 15 + [1])),
+            )
+        )
+    last_timestamp = draw(st.sampled_from([NOW] * 6 + [(1 << 63) - 5, (1 << 63) - 20]))
+    prefetched = state_machine.Prefetched(books, committed, {}, failed)
+    return prefetched, events, LedgerMeta(last_timestamp, 1, bytes(32))
+
+
+@settings(max_examples=400, deadline=None)
+@given(edge_batches())
+def test_compiled_python_and_general_paths_agree_at_the_64_bit_edges(
+    batch: tuple[state_machine.Prefetched, list[Transfer], LedgerMeta],
+) -> None:
+    prefetched, events, meta = batch
+    general = apply(prefetched, events, meta, way="general")
+    assert apply(prefetched, events, meta, way="python") == general
+    if COMPILED:
+        assert apply(prefetched, events, meta, way="compiled") == general
+
+
+def plain(transfer_id: int, debit: int, credit: int, amount: int) -> Transfer:
+    return Transfer(
+        id=transfer_id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        ledger=1,
+        code=1,
+    )
+
+
+LIMITED = int(AF.DEBITS_MUST_NOT_EXCEED_CREDITS)
+LIMITED_CREDITS = int(AF.CREDITS_MUST_NOT_EXCEED_DEBITS)
+
+
+@pytest.mark.parametrize(
+    ("books", "events", "committed", "failed"),
+    [
+        pytest.param(  # pending + posted is exactly 2**64: past any 64-bit credits
+            {
+                1: Account(
+                    id=1,
+                    debits_pending=1,
+                    debits_posted=U64 - 54,
+                    credits_posted=U64,
+                    ledger=1,
+                    code=1,
+                    flags=LIMITED,
+                ),
+                2: Account(id=2, ledger=1, code=1),
+            },
+            [plain(10, 1, 2, 54)],
+            {},
+            {},
+            id="debit-limit-wraps-64-bits",
+        ),
+        pytest.param(
+            {
+                1: Account(id=1, ledger=1, code=1),
+                2: Account(
+                    id=2,
+                    credits_pending=3,
+                    credits_posted=U64 - 10,
+                    debits_posted=U64,
+                    ledger=1,
+                    code=1,
+                    flags=LIMITED_CREDITS,
+                ),
+            },
+            [plain(10, 1, 2, 8)],
+            {},
+            {},
+            id="credit-limit-wraps-64-bits",
+        ),
+        pytest.param(  # debits_posted + amount needs 65 bits: Python's 128-bit rules take it
+            {
+                1: Account(id=1, debits_posted=U64 - 1, ledger=1, code=1),
+                2: Account(id=2, ledger=1, code=1),
+            },
+            [plain(10, 1, 2, 5), plain(11, 2, 1, 5)],
+            {},
+            {},
+            id="balance-past-64-bits",
+        ),
+        pytest.param(  # a replay of a committed transfer, then one that differs
+            {1: Account(id=1, ledger=1, code=1), 2: Account(id=2, ledger=1, code=1)},
+            [plain(10, 1, 2, 5), plain(10, 1, 2, 6), plain(11, 1, 2, 1)],
+            {10: plain(10, 1, 2, 5)._replace(timestamp=3)},
+            {},
+            id="committed-ids",
+        ),
+        pytest.param(
+            {1: Account(id=1, ledger=1, code=1), 2: Account(id=2, ledger=1, code=1)},
+            [plain(10, 1, 2, 5), plain(11, 1, 2, 5)],
+            {},
+            {10: "exceeds_credits"},
+            id="failed-id",
+        ),
+        pytest.param(
+            {1: Account(id=1, ledger=1, code=1), 2: Account(id=2, ledger=1, code=1)},
+            [plain(MAX, 1, 2, 5), plain(MAX - 1, 1, 2, 5), plain(1 << 127, 2, 1, 1)],
+            {},
+            {},
+            id="ids-at-128-bits",
+        ),
+    ],
+)
+def test_compiled_path_hands_over_each_case_it_is_not_sure_of(
+    books: dict[int, Account],
+    events: list[Transfer],
+    committed: dict[int, Transfer],
+    failed: dict[int, str],
+) -> None:
+    """The cases a random search reaches rarely, one by one."""
+    prefetched = state_machine.Prefetched(books, committed, {}, failed)
+    meta = LedgerMeta(NOW, 1, bytes(32))
+    general = apply(prefetched, events, meta, way="general")
+    assert apply(prefetched, events, meta, way="python") == general
+    if COMPILED:
+        assert apply(prefetched, events, meta, way="compiled") == general
+
+
 def test_plain_transfers_never_reach_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shows the comparison above compares two different code paths."""
     books = {
@@ -404,6 +616,25 @@ def test_validate_transfers_agrees_with_the_field_by_field_check(
 ) -> None:
     with use_compiled(with_compiled):
         check_validation(events)
+
+
+@pytest.mark.parametrize("with_compiled", WITH_COMPILED, ids=WITH_COMPILED_IDS)
+@pytest.mark.parametrize(
+    ("position", "maximum"),
+    [(position, maximum) for position, (_, maximum) in enumerate(TRANSFER_FIELD_MAXIMUMS)],
+    ids=[name for name, _ in TRANSFER_FIELD_MAXIMUMS],
+)
+def test_each_field_validates_up_to_its_width_and_not_one_past(
+    with_compiled: bool, position: int, maximum: int
+) -> None:
+    """Every field at its maximum, one past it, and at the other widths' edges, after a
+    well-formed event: accepted or refused exactly as the field-by-field check says."""
+    edges = [maximum, maximum + 1, 0, -1, True, 1 << 200, U64, U64 + 1, 1 << 32, 1 << 16]
+    for value in edges:
+        values: list[Any] = [1] * 13
+        values[position] = value
+        with use_compiled(with_compiled):
+            check_validation([Transfer(*[1] * 13), Transfer(*values)])
 
 
 def check_validation(events: list[Any]) -> None:

@@ -58,9 +58,13 @@ as_u64(PyObject *value, uint64_t *out)
     return 1;
 }
 
-/* An exact int that is a valid id: 0 < value < 2**128 - 1 (TigerBeetle's id_must_not_be_*). */
+/*
+ * An exact int that is a valid id: 0 < value < 2**128 - 1 (TigerBeetle's id_must_not_be_*).
+ * `id_max` is 2**128 - 1, compared with only when the value has all 128 bits.
+ * -1 with an exception set on an error.
+ */
 static int
-is_id(PyObject *value)
+is_id(PyObject *value, PyObject *id_max)
 {
     if (!PyLong_CheckExact(value) || _PyLong_Sign(value) <= 0) {
         return 0;
@@ -73,17 +77,7 @@ is_id(PyObject *value)
     if (bits != 128) {
         return bits < 128;
     }
-    unsigned char bytes[16];
-    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, sizeof bytes, 1, 0) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof bytes; i++) {
-        if (bytes[i] != 0xFF) {
-            return 1;
-        }
-    }
-    return 0;  /* 2**128 - 1 is reserved */
+    return PyObject_RichCompareBool(value, id_max, Py_NE);  /* 2**128 - 1 is reserved */
 }
 
 /* An exact int within `bits` unsigned bits. */
@@ -131,10 +125,12 @@ new_record(PyTypeObject *type, Py_ssize_t size)
 }
 
 /*
- * Take a filled record of plain ints off the cyclic garbage collector's lists: it can never be
- * part of a cycle, and CPython would untrack it at its first collection anyway (as it does any
- * tuple of atomic values). Done here, that first collection, which the ledger defers to the
- * end of a batch, does not walk some 16,000 records of a large batch (about 6 ms).
+ * Take a filled record of plain ints off the cyclic garbage collector's lists: it holds only
+ * ints (and its class, which the type keeps alive), so it can never be part of a cycle. CPython
+ * untracks a plain tuple of atomic values at its first collection, but not a NamedTuple, so
+ * every record the ledger makes would stay on the collector's lists. Untracked here, the
+ * collection that the ledger defers to a batch's end does not walk the some 16,000 records of
+ * a large batch (about 4 ms).
  */
 static void
 untrack_if_plain_ints(PyObject *record)
@@ -145,6 +141,179 @@ untrack_if_plain_ints(PyObject *record)
         }
     }
     PyObject_GC_UnTrack(record);
+}
+
+/* A batch's working state, as the Python loop holds it (see apply_plain). */
+typedef struct {
+    PyObject *events;         /* list of Transfer */
+    uint64_t timestamp_base;  /* the timestamp of events[0] */
+    PyObject *accounts;       /* dict: account id -> Account, as prefetched */
+    PyObject *balances;       /* dict: account id -> working row (list) */
+    PyObject *transfers;      /* dict: transfer id -> Transfer, committed before */
+    PyObject *failed;         /* dict: transfer id -> result, failed before */
+    PyObject *created;        /* list of Transfer, created by this batch */
+    PyObject *created_by_id;  /* dict: transfer id -> Transfer, created by this batch */
+    PyTypeObject *transfer_type;
+    PyObject *id_max;         /* 2**128 - 1 */
+} Batch;
+
+/* 1 when all three are valid ids, 0 when one is not, -1 on an error. */
+static int
+are_ids(PyObject *a, PyObject *b, PyObject *c, PyObject *id_max)
+{
+    int valid = is_id(a, id_max);
+    if (valid == 1) {
+        valid = is_id(b, id_max);
+    }
+    if (valid == 1) {
+        valid = is_id(c, id_max);
+    }
+    return valid;
+}
+
+/* Apply events from `index` while each is sure to succeed; the index of the first that is
+ * not, or -1 with an exception set. */
+static Py_ssize_t
+apply_run(Batch *batch, Py_ssize_t index)
+{
+    Py_ssize_t count = PyList_GET_SIZE(batch->events);
+    for (; index < count; index++) {
+        PyObject *event = PyList_GET_ITEM(batch->events, index);
+        if (Py_TYPE(event) != batch->transfer_type || PyTuple_GET_SIZE(event) != T_FIELDS) {
+            return index;
+        }
+        PyObject *id_object = PyTuple_GET_ITEM(event, T_ID);
+        PyObject *debit_object = PyTuple_GET_ITEM(event, T_DEBIT);
+        PyObject *credit_object = PyTuple_GET_ITEM(event, T_CREDIT);
+        uint64_t flags, event_timestamp, amount, pending_id, timeout, ledger, code;
+        if (!as_u64(PyTuple_GET_ITEM(event, T_FLAGS), &flags) || flags != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_TIMESTAMP), &event_timestamp) ||
+            event_timestamp != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_PENDING_ID), &pending_id) || pending_id != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_TIMEOUT), &timeout) || timeout != 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_AMOUNT), &amount) || amount == 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_LEDGER), &ledger) || ledger == 0 ||
+            !as_u64(PyTuple_GET_ITEM(event, T_CODE), &code) || code == 0) {
+            return index;
+        }
+        int valid = are_ids(id_object, debit_object, credit_object, batch->id_max);
+        if (valid != 1) {
+            return valid < 0 ? -1 : index;
+        }
+        int same_account = PyObject_RichCompareBool(debit_object, credit_object, Py_EQ);
+        if (same_account != 0) {
+            return same_account < 0 ? -1 : index;
+        }
+        int seen = PyDict_Contains(batch->created_by_id, id_object);
+        if (seen == 0) {
+            seen = PyDict_Contains(batch->transfers, id_object);
+        }
+        if (seen == 0) {
+            seen = PyDict_Contains(batch->failed, id_object);
+        }
+        if (seen != 0) {
+            return seen < 0 ? -1 : index;
+        }
+        PyObject *debit_account = PyDict_GetItemWithError(batch->accounts, debit_object);
+        if (debit_account == NULL) {
+            return PyErr_Occurred() ? -1 : index;
+        }
+        PyObject *credit_account = PyDict_GetItemWithError(batch->accounts, credit_object);
+        if (credit_account == NULL) {
+            return PyErr_Occurred() ? -1 : index;
+        }
+        uint64_t debit_ledger, credit_ledger;
+        if (!PyTuple_Check(debit_account) || PyTuple_GET_SIZE(debit_account) != A_FIELDS ||
+            !PyTuple_Check(credit_account) || PyTuple_GET_SIZE(credit_account) != A_FIELDS ||
+            !as_u64(PyTuple_GET_ITEM(debit_account, A_LEDGER), &debit_ledger) ||
+            !as_u64(PyTuple_GET_ITEM(credit_account, A_LEDGER), &credit_ledger) ||
+            debit_ledger != ledger || credit_ledger != ledger) {
+            return index;
+        }
+        /* From here the Python fast path would make the working rows: so do we. */
+        PyObject *debit_row = working_row(batch->balances, debit_object, debit_account);
+        if (debit_row == NULL) {
+            return -1;
+        }
+        PyObject *credit_row = working_row(batch->balances, credit_object, credit_account);
+        if (credit_row == NULL) {
+            return -1;
+        }
+        if (!PyList_CheckExact(debit_row) || PyList_GET_SIZE(debit_row) != A_FIELDS ||
+            !PyList_CheckExact(credit_row) || PyList_GET_SIZE(credit_row) != A_FIELDS) {
+            return index;
+        }
+        uint64_t debit_flags, credit_flags, debits_pending, debits_posted_before;
+        uint64_t debit_credits_posted, credits_pending, credits_posted_before;
+        uint64_t credit_debits_posted;
+        if (!as_u64(PyList_GET_ITEM(debit_row, A_FLAGS), &debit_flags) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_FLAGS), &credit_flags) ||
+            ((debit_flags | credit_flags) & (CLOSED | HISTORY)) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_DP), &debits_pending) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_DPO), &debits_posted_before) ||
+            !as_u64(PyList_GET_ITEM(debit_row, A_CPO), &debit_credits_posted) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_CP), &credits_pending) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_CPO), &credits_posted_before) ||
+            !as_u64(PyList_GET_ITEM(credit_row, A_DPO), &credit_debits_posted)) {
+            return index;
+        }
+        /* Sums of 64-bit values never reach the 128-bit maximum, so the overflow rules
+         * cannot fire here; a new balance beyond 64 bits goes to Python all the same. */
+        if (amount > UINT64_MAX - debits_posted_before ||
+            amount > UINT64_MAX - credits_posted_before) {
+            return index;
+        }
+        uint64_t debits_posted = debits_posted_before + amount;
+        uint64_t credits_posted = credits_posted_before + amount;
+        /* The limits, exactly: a pending + posted sum past 64 bits exceeds any 64-bit limit. */
+        if ((debit_flags & DEBITS_MUST_NOT_EXCEED_CREDITS) &&
+            (debits_pending > UINT64_MAX - debits_posted ||
+             debits_pending + debits_posted > debit_credits_posted)) {
+            return index;
+        }
+        if ((credit_flags & CREDITS_MUST_NOT_EXCEED_DEBITS) &&
+            (credits_pending > UINT64_MAX - credits_posted ||
+             credits_pending + credits_posted > credit_debits_posted)) {
+            return index;
+        }
+        /* Sure to succeed. An error from here (out of memory) raises, and the caller abandons
+         * the whole batch: nothing of it is written. */
+        PyObject *stored = new_record(batch->transfer_type, T_FIELDS);
+        PyObject *timestamp_object =
+            PyLong_FromUnsignedLongLong(batch->timestamp_base + (uint64_t)index);
+        if (stored == NULL || timestamp_object == NULL) {
+            Py_XDECREF(stored);
+            Py_XDECREF(timestamp_object);
+            return -1;
+        }
+        /* As sent, with the ledger's timestamp (the last field). */
+        for (Py_ssize_t field = 0; field < T_TIMESTAMP; field++) {
+            PyObject *item = PyTuple_GET_ITEM(event, field);
+            Py_INCREF(item);
+            PyTuple_SET_ITEM(stored, field, item);
+        }
+        PyTuple_SET_ITEM(stored, T_TIMESTAMP, timestamp_object);
+        untrack_if_plain_ints(stored);
+        int failed_to_record = PyList_Append(batch->created, stored) ||
+                               PyDict_SetItem(batch->created_by_id, id_object, stored);
+        Py_DECREF(stored);
+        if (failed_to_record) {
+            return -1;
+        }
+        PyObject *debits_posted_object = PyLong_FromUnsignedLongLong(debits_posted);
+        if (debits_posted_object == NULL) {
+            return -1;
+        }
+        PyObject *credits_posted_object = PyLong_FromUnsignedLongLong(credits_posted);
+        if (credits_posted_object == NULL) {
+            Py_DECREF(debits_posted_object);
+            return -1;
+        }
+        /* PyList_SetItem takes the new values and releases the old ones. */
+        PyList_SetItem(debit_row, A_DPO, debits_posted_object);
+        PyList_SetItem(credit_row, A_CPO, credits_posted_object);
+    }
+    return index;
 }
 
 /*
@@ -164,172 +333,39 @@ apply_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "apply_plain takes 10 arguments");
         return NULL;
     }
-    PyObject *events = args[0];
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    uint64_t timestamp_base;
-    if (!as_u64(args[2], &timestamp_base)) {
-        PyErr_SetString(PyExc_ValueError, "timestamp_base must be an unsigned 64-bit int");
-        return NULL;
-    }
-    PyObject *accounts = args[3], *balances = args[4], *transfers = args[5];
-    PyObject *failed = args[6], *created = args[7], *created_by_id = args[8];
-    PyObject *transfer_type = args[9];
-    if (!PyList_CheckExact(events) || !PyDict_CheckExact(accounts) ||
-        !PyDict_CheckExact(balances) || !PyDict_CheckExact(transfers) ||
-        !PyDict_CheckExact(failed) || !PyList_CheckExact(created) ||
-        !PyDict_CheckExact(created_by_id) || !PyType_Check(transfer_type) ||
-        !PyType_IsSubtype((PyTypeObject *)transfer_type, &PyTuple_Type)) {
+    Batch batch = {
+        .events = args[0],
+        .accounts = args[3],
+        .balances = args[4],
+        .transfers = args[5],
+        .failed = args[6],
+        .created = args[7],
+        .created_by_id = args[8],
+        .transfer_type = (PyTypeObject *)args[9],
+    };
+    if (!PyList_CheckExact(batch.events) || !PyDict_CheckExact(batch.accounts) ||
+        !PyDict_CheckExact(batch.balances) || !PyDict_CheckExact(batch.transfers) ||
+        !PyDict_CheckExact(batch.failed) || !PyList_CheckExact(batch.created) ||
+        !PyDict_CheckExact(batch.created_by_id) || !PyType_Check(args[9]) ||
+        !PyType_IsSubtype(batch.transfer_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "apply_plain: unexpected argument types");
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(events);
-    Py_ssize_t index = start < 0 ? 0 : start;
-
-    for (; index < count; index++) {
-        PyObject *event = PyList_GET_ITEM(events, index);
-        if (Py_TYPE(event) != (PyTypeObject *)transfer_type ||
-            PyTuple_GET_SIZE(event) != T_FIELDS) {
-            break;
-        }
-        PyObject *id_object = PyTuple_GET_ITEM(event, T_ID);
-        PyObject *debit_object = PyTuple_GET_ITEM(event, T_DEBIT);
-        PyObject *credit_object = PyTuple_GET_ITEM(event, T_CREDIT);
-        uint64_t flags, event_timestamp, amount, pending_id, timeout, ledger, code;
-        if (!as_u64(PyTuple_GET_ITEM(event, T_FLAGS), &flags) || flags != 0 ||
-            !as_u64(PyTuple_GET_ITEM(event, T_TIMESTAMP), &event_timestamp) ||
-            event_timestamp != 0 ||
-            !is_id(id_object) || !is_id(debit_object) || !is_id(credit_object) ||
-            !as_u64(PyTuple_GET_ITEM(event, T_PENDING_ID), &pending_id) || pending_id != 0 ||
-            !as_u64(PyTuple_GET_ITEM(event, T_TIMEOUT), &timeout) || timeout != 0 ||
-            !as_u64(PyTuple_GET_ITEM(event, T_AMOUNT), &amount) || amount == 0 ||
-            !as_u64(PyTuple_GET_ITEM(event, T_LEDGER), &ledger) || ledger == 0 ||
-            !as_u64(PyTuple_GET_ITEM(event, T_CODE), &code) || code == 0) {
-            break;
-        }
-        int same_account = PyObject_RichCompareBool(debit_object, credit_object, Py_EQ);
-        if (same_account < 0) {
-            return NULL;
-        }
-        if (same_account) {
-            break;
-        }
-        int seen = PyDict_Contains(created_by_id, id_object);
-        if (seen == 0) {
-            seen = PyDict_Contains(transfers, id_object);
-        }
-        if (seen == 0) {
-            seen = PyDict_Contains(failed, id_object);
-        }
-        if (seen < 0) {
-            return NULL;
-        }
-        if (seen) {
-            break;
-        }
-        PyObject *debit_account = PyDict_GetItemWithError(accounts, debit_object);
-        if (debit_account == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            break;
-        }
-        PyObject *credit_account = PyDict_GetItemWithError(accounts, credit_object);
-        if (credit_account == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            break;
-        }
-        uint64_t debit_ledger, credit_ledger;
-        if (!PyTuple_Check(debit_account) || PyTuple_GET_SIZE(debit_account) != A_FIELDS ||
-            !PyTuple_Check(credit_account) || PyTuple_GET_SIZE(credit_account) != A_FIELDS ||
-            !as_u64(PyTuple_GET_ITEM(debit_account, A_LEDGER), &debit_ledger) ||
-            !as_u64(PyTuple_GET_ITEM(credit_account, A_LEDGER), &credit_ledger) ||
-            debit_ledger != ledger || credit_ledger != ledger) {
-            break;
-        }
-        /* From here the Python fast path would make the working rows: so do we. */
-        PyObject *debit_row = working_row(balances, debit_object, debit_account);
-        if (debit_row == NULL) {
-            return NULL;
-        }
-        PyObject *credit_row = working_row(balances, credit_object, credit_account);
-        if (credit_row == NULL) {
-            return NULL;
-        }
-        if (!PyList_CheckExact(debit_row) || PyList_GET_SIZE(debit_row) != A_FIELDS ||
-            !PyList_CheckExact(credit_row) || PyList_GET_SIZE(credit_row) != A_FIELDS) {
-            break;
-        }
-        uint64_t debit_flags, credit_flags, debits_pending, debits_posted_before;
-        uint64_t debit_credits_posted, credits_pending, credits_posted_before;
-        uint64_t credit_debits_posted;
-        if (!as_u64(PyList_GET_ITEM(debit_row, A_FLAGS), &debit_flags) ||
-            !as_u64(PyList_GET_ITEM(credit_row, A_FLAGS), &credit_flags) ||
-            ((debit_flags | credit_flags) & (CLOSED | HISTORY)) ||
-            !as_u64(PyList_GET_ITEM(debit_row, A_DP), &debits_pending) ||
-            !as_u64(PyList_GET_ITEM(debit_row, A_DPO), &debits_posted_before) ||
-            !as_u64(PyList_GET_ITEM(debit_row, A_CPO), &debit_credits_posted) ||
-            !as_u64(PyList_GET_ITEM(credit_row, A_CP), &credits_pending) ||
-            !as_u64(PyList_GET_ITEM(credit_row, A_CPO), &credits_posted_before) ||
-            !as_u64(PyList_GET_ITEM(credit_row, A_DPO), &credit_debits_posted)) {
-            break;
-        }
-        /* Sums of 64-bit values never reach the 128-bit maximum, so the overflow rules
-         * cannot fire here; a new balance beyond 64 bits goes to Python all the same. */
-        if (amount > UINT64_MAX - debits_posted_before ||
-            amount > UINT64_MAX - credits_posted_before) {
-            break;
-        }
-        uint64_t debits_posted = debits_posted_before + amount;
-        uint64_t credits_posted = credits_posted_before + amount;
-        /* The limits, exactly: a pending + posted sum past 64 bits exceeds any 64-bit limit. */
-        if ((debit_flags & DEBITS_MUST_NOT_EXCEED_CREDITS) &&
-            (debits_pending > UINT64_MAX - debits_posted ||
-             debits_pending + debits_posted > debit_credits_posted)) {
-            break;
-        }
-        if ((credit_flags & CREDITS_MUST_NOT_EXCEED_DEBITS) &&
-            (credits_pending > UINT64_MAX - credits_posted ||
-             credits_pending + credits_posted > credit_debits_posted)) {
-            break;
-        }
-        /* Sure to succeed: make everything first, then change the batch's state. */
-        PyObject *debits_posted_object = PyLong_FromUnsignedLongLong(debits_posted);
-        PyObject *credits_posted_object = PyLong_FromUnsignedLongLong(credits_posted);
-        PyObject *timestamp_object =
-            PyLong_FromUnsignedLongLong(timestamp_base + (uint64_t)index);
-        PyObject *stored = new_record((PyTypeObject *)transfer_type, T_FIELDS);
-        if (debits_posted_object == NULL || credits_posted_object == NULL ||
-            timestamp_object == NULL || stored == NULL) {
-            Py_XDECREF(debits_posted_object);
-            Py_XDECREF(credits_posted_object);
-            Py_XDECREF(timestamp_object);
-            Py_XDECREF(stored);
-            return NULL;
-        }
-        /* As sent, with the ledger's timestamp (the last field). */
-        for (Py_ssize_t field = 0; field < T_TIMESTAMP; field++) {
-            PyObject *item = PyTuple_GET_ITEM(event, field);
-            Py_INCREF(item);
-            PyTuple_SET_ITEM(stored, field, item);
-        }
-        PyTuple_SET_ITEM(stored, T_TIMESTAMP, timestamp_object);
-        untrack_if_plain_ints(stored);
-        /* PyList_SetItem takes the new values and releases the old ones. */
-        PyList_SetItem(debit_row, A_DPO, debits_posted_object);
-        PyList_SetItem(credit_row, A_CPO, credits_posted_object);
-        int failed_to_record = PyList_Append(created, stored) ||
-                               PyDict_SetItem(created_by_id, id_object, stored);
-        Py_DECREF(stored);
-        if (failed_to_record) {
-            return NULL;
-        }
+    if (!as_u64(args[2], &batch.timestamp_base)) {
+        /* Not a plain int (a clock returning an int subclass): the Python loop decides. */
+        return PyLong_FromSsize_t(start);
     }
-    return PyLong_FromSsize_t(index);
+    batch.id_max = PyLong_FromString("340282366920938463463374607431768211455", NULL, 10);
+    if (batch.id_max == NULL) {
+        return NULL;
+    }
+    Py_ssize_t stopped_at = apply_run(&batch, start < 0 ? 0 : start);
+    Py_DECREF(batch.id_max);
+    return stopped_at < 0 ? NULL : PyLong_FromSsize_t(stopped_at);
 }
 
 /* Unsigned widths of a Transfer's fields, in order (paycell.core.events checks the same). */
@@ -440,13 +476,12 @@ transfer_lines(PyObject *module, PyObject *transfers)
 }
 
 /*
- * updated_accounts(balances, accounts, account_type, balance_max) -> dict | None
+ * updated_accounts(balances, accounts, account_type) -> dict | None
  *
  * For each working row in `balances`, the account it now is, keyed by id, leaving out rows
- * equal to the account as prefetched (touched by a transfer that then failed). Pending
- * balances must stay within [0, balance_max]: a row outside that is a broken invariant and
- * raises AssertionError, as the Python version asserts. None when a row holds a balance or
- * flag that is not a plain int within 64 unsigned bits (the caller does those in Python).
+ * equal to the account as prefetched (touched by a transfer that then failed). None when a
+ * row's pending balances are not plain ints within 64 unsigned bits: the caller then does it
+ * in Python, which asserts that they are within [0, 2**128 - 1].
  */
 static PyObject *
 updated_accounts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -584,14 +619,20 @@ int64_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return rows;
 }
 
-/* The constants compiled in, for the Python side to check against its own at import. */
+#ifndef PAYCELL_SOURCE_SHA256
+#define PAYCELL_SOURCE_SHA256 "unknown"  /* built other than by setup.py */
+#endif
+
+/* The constants compiled in, for the Python side to check against its own at import, and the
+ * SHA-256 of the source it was built from, for the tests to check against the source. */
 static PyObject *
 constants(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
     return Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:(iiiiiiiiii),s:(iiiiii)}",
+        "{s:s,s:i,s:i,s:i,s:i,s:(iiiiiiiiii),s:(iiiiii)}",
+        "source_sha256", PAYCELL_SOURCE_SHA256,
         "DEBITS_MUST_NOT_EXCEED_CREDITS", DEBITS_MUST_NOT_EXCEED_CREDITS,
         "CREDITS_MUST_NOT_EXCEED_DEBITS", CREDITS_MUST_NOT_EXCEED_DEBITS,
         "HISTORY", HISTORY,

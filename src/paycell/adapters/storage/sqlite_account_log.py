@@ -108,12 +108,13 @@ class AccountChangeLog:
             self._seen_through = 0
         if (last_seq or 0) == self._seen_through:
             return
-        rows = connection.execute(_READ, (self._seen_through,)).fetchall()
-        if not rows:
-            return
         decode = self._decode
+        # Folded by account as the rows stream in: a cold read of a full log (up to
+        # ACCOUNT_CHANGES_MERGE_EVERY rows) holds one entry per account, not every row.
         changes: dict[int, tuple[int, int, int, int, int]] = {}
-        for row in rows:
+        read_through: int | None = None
+        for row in connection.execute(_READ, (self._seen_through,)):
+            read_through = row[0]
             changes[decode(row[1])] = (
                 decode(row[2]),
                 decode(row[3]),
@@ -121,6 +122,8 @@ class AccountChangeLog:
                 decode(row[5]),
                 row[6],
             )
+        if read_through is None:
+            return
         latest = self._latest
         unknown = [account_id for account_id in changes if account_id not in latest]
         bases = self._read_accounts(connection, unknown) if unknown else {}
@@ -141,7 +144,7 @@ class AccountChangeLog:
                 credits_posted=credits_posted,
                 flags=flags,
             )
-        self._seen_through = rows[-1][0]
+        self._seen_through = read_through
 
     def patch(self, account: Account) -> Account:
         """The account's current state: its logged one if it has any, else as read."""
