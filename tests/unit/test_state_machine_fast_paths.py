@@ -308,16 +308,21 @@ def apply(
     )
 
 
+def assert_all_ways_agree(
+    prefetched: state_machine.Prefetched, events: list[Transfer], meta: LedgerMeta
+) -> None:
+    general = apply(prefetched, events, meta, way="general")
+    assert apply(prefetched, events, meta, way="python") == general
+    if COMPILED:
+        assert apply(prefetched, events, meta, way="compiled") == general
+
+
 @settings(max_examples=400, deadline=None)
 @given(batches())
 def test_compiled_python_and_general_paths_agree(
     batch: tuple[state_machine.Prefetched, list[Transfer], LedgerMeta],
 ) -> None:
-    prefetched, events, meta = batch
-    general = apply(prefetched, events, meta, way="general")
-    assert apply(prefetched, events, meta, way="python") == general
-    if COMPILED:
-        assert apply(prefetched, events, meta, way="compiled") == general
+    assert_all_ways_agree(*batch)
 
 
 # Balances, amounts and ids around the 64-bit edge, where the compiled path's arithmetic ends
@@ -410,11 +415,7 @@ def edge_batches(draw: st.DrawFn) -> tuple[state_machine.Prefetched, list[Transf
 def test_compiled_python_and_general_paths_agree_at_the_64_bit_edges(
     batch: tuple[state_machine.Prefetched, list[Transfer], LedgerMeta],
 ) -> None:
-    prefetched, events, meta = batch
-    general = apply(prefetched, events, meta, way="general")
-    assert apply(prefetched, events, meta, way="python") == general
-    if COMPILED:
-        assert apply(prefetched, events, meta, way="compiled") == general
+    assert_all_ways_agree(*batch)
 
 
 def plain(transfer_id: int, debit: int, credit: int, amount: int) -> Transfer:
@@ -512,11 +513,7 @@ def test_compiled_path_hands_over_each_case_it_is_not_sure_of(
 ) -> None:
     """The cases a random search reaches rarely, one by one."""
     prefetched = state_machine.Prefetched(books, committed, {}, failed)
-    meta = LedgerMeta(NOW, 1, bytes(32))
-    general = apply(prefetched, events, meta, way="general")
-    assert apply(prefetched, events, meta, way="python") == general
-    if COMPILED:
-        assert apply(prefetched, events, meta, way="compiled") == general
+    assert_all_ways_agree(prefetched, events, LedgerMeta(NOW, 1, bytes(32)))
 
 
 def test_plain_transfers_never_reach_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
