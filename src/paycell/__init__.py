@@ -74,7 +74,7 @@ __all__ = [
     "parse_amount",
 ]
 
-# An operator's way to rule the compiled fast path out (docs/performance.md): the core then
+# An operator's way to rule the compiled fast path out (docs/ledger.md): the core then
 # runs on its pure-Python code alone.
 if os.environ.get("PAYCELL_PURE_PYTHON") == "1":
     compiled.switch(False)

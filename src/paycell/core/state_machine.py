@@ -11,7 +11,6 @@ Design, after TigerBeetle's state machine:
   chain's earlier events back and marks them `linked_event_failed`.
 - **Aggregated writes.** Balances live in one working row per account for the whole batch, so a
   hot account receiving thousands of transfers in a batch is written once.
-
 - **A compiled fast path** (`_fastpath.c`, through `paycell.core.compiled`) applies runs of
   plain transfers sure to succeed; it hands every other event back to the Python loop here,
   which stays the definition of every rule. Property tests hold the two to the same outcome.
