@@ -6,6 +6,10 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import httpx
+
+Headers = dict[str, str]
+
 
 def free_port() -> int:
     """A loopback port free a moment ago."""
@@ -23,6 +27,26 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def buyer_and_shop(
+    client: httpx.Client, admin: Headers, fee_rate_basis_points: int
+) -> tuple[Headers, Headers]:
+    """A new user and a new merchant through the admin API: their API keys as headers."""
+    user = client.post("/v1/admin/users", json={"name": "Li"}, headers=admin).json()
+    merchant = client.post(
+        "/v1/admin/merchants",
+        json={
+            "name": "Tea",
+            "fee_rate_basis_points": fee_rate_basis_points,
+            "settlement_bank_account": "1",
+        },
+        headers=admin,
+    ).json()
+    return (
+        {"Authorization": f"Bearer {user['api_key']}"},
+        {"Authorization": f"Bearer {merchant['api_key']}"},
+    )
 
 
 def stop(server: "subprocess.Popen[str]", seconds: float) -> tuple[str, str]:

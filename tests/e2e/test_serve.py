@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import free_port, stop, wait_until
+from tests.e2e.serving import buyer_and_shop, free_port, stop, wait_until
 
 ADMIN_KEY = "serve-test-admin-key"
 STARTUP_SECONDS = 30
@@ -39,14 +39,7 @@ def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
             wait_until(up, STARTUP_SECONDS, "the server")
             assert "<html" in client.get("/docs").text
             admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-            user = client.post("/v1/admin/users", json={"name": "Li"}, headers=admin).json()
-            merchant = client.post(
-                "/v1/admin/merchants",
-                json={"name": "Tea", "fee_rate_basis_points": 60, "settlement_bank_account": "1"},
-                headers=admin,
-            ).json()
-            buyer = {"Authorization": f"Bearer {user['api_key']}"}
-            shop = {"Authorization": f"Bearer {merchant['api_key']}"}
+            buyer, shop = buyer_and_shop(client, admin, fee_rate_basis_points=60)
             top_up = client.post(
                 "/v1/wallet/top-ups", json={"request_no": "T-1", "amount": 100_00}, headers=buyer
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import free_port, stop, wait_until
+from tests.e2e.serving import buyer_and_shop, free_port, stop, wait_until
 
 ADMIN_KEY = "workers-test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -58,14 +58,7 @@ def _pay_orders_through_both_workers(base: str, orders: int) -> None:
     """Orders paid concurrently on new connections (so through both workers): each is paid
     once, and the merchant's balance (no fee) is exactly their sum."""
     with httpx.Client(base_url=base, timeout=10) as client:
-        user = client.post("/v1/admin/users", json={"name": "Li"}, headers=ADMIN).json()
-        merchant = client.post(
-            "/v1/admin/merchants",
-            json={"name": "Tea", "fee_rate_basis_points": 0, "settlement_bank_account": "1"},
-            headers=ADMIN,
-        ).json()
-        buyer = {"Authorization": f"Bearer {user['api_key']}"}
-        shop = {"Authorization": f"Bearer {merchant['api_key']}"}
+        buyer, shop = buyer_and_shop(client, ADMIN, fee_rate_basis_points=0)
     # Eight top-ups on new connections, so both workers instruct their bank: each worker
     # must take its own bank's answers.
     for number in range(8):
