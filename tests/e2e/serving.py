@@ -4,7 +4,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,12 +51,34 @@ def buyer_and_shop(
     )
 
 
-def stop(server: "subprocess.Popen[str]", seconds: float) -> tuple[str, str]:
+class ServerProcess(subprocess.Popen[str]):
+    """A server started for a test, its stdout and stderr written to files in `directory`.
+
+    Not pipes: a pipe that nobody reads until the end holds 64 KB, about 250 access-log
+    lines, and past that every worker blocks on its next log line, so requests time out for
+    a reason that has nothing to do with what the test checks."""
+
+    def __init__(self, arguments: Sequence[str], directory: Path, **options: Any) -> None:
+        self.stdout_path = directory / f"server-{id(self)}.out"
+        self.stderr_path = directory / f"server-{id(self)}.err"
+        with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
+            super().__init__(arguments, stdout=stdout, stderr=stderr, text=True, **options)
+
+    def logs(self) -> tuple[str, str]:
+        """What it has written so far to stdout and to stderr."""
+        return (
+            self.stdout_path.read_text(encoding="utf-8"),
+            self.stderr_path.read_text(encoding="utf-8"),
+        )
+
+
+def stop(server: ServerProcess, seconds: float) -> tuple[str, str]:
     """SIGTERM, then (stdout, stderr) once it ended; killed if it takes over `seconds` (the
     test's assertion on its exit status then fails)."""
     server.send_signal(signal.SIGTERM)
     try:
-        return server.communicate(timeout=seconds)
+        server.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         server.kill()
-        return server.communicate()
+        server.wait()
+    return server.logs()

@@ -1,14 +1,13 @@
 """`paycell serve` as a real process on a loopback port: a payment through it, end to end."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import buyer_and_shop, free_port, stop, wait_until
+from tests.e2e.serving import ServerProcess, buyer_and_shop, free_port, stop, wait_until
 
 ADMIN_KEY = "serve-test-admin-key"
 STARTUP_SECONDS = 30
@@ -17,20 +16,18 @@ STARTUP_SECONDS = 30
 def test_paycell_serve_takes_a_payment(tmp_path: Path) -> None:
     database = tmp_path / "served.db"
     port = free_port()
-    server = subprocess.Popen(
+    server = ServerProcess(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
          "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path,
         env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
 
             def up() -> bool:
-                assert server.poll() is None, server.communicate()
+                assert server.poll() is None, server.logs()
                 try:
                     return client.get("/openapi.json").status_code == 200
                 except httpx.TransportError:

@@ -4,7 +4,6 @@ each delivered by the server on its own without any test calling a dispatcher.""
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from paycell.adapters.alipay import signing
 from paycell.core.payments.webhook_schedule import verify_signature
-from tests.e2e.serving import free_port, wait_until
+from tests.e2e.serving import ServerProcess, free_port, wait_until
 
 ADMIN_KEY = "background-test-admin-key"
 WEBHOOK_SECRET = "whsec_background"
@@ -68,18 +67,16 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[httpx.Client]:
     port = free_port()
-    server = subprocess.Popen(
+    server = ServerProcess(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database",
          str(tmp_path / "served.db"), "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path,
         env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
 
     def up() -> bool:
-        assert server.poll() is None, server.communicate()
+        assert server.poll() is None, server.logs()
         try:
             return client.get("/openapi.json").status_code == 200
         except httpx.TransportError:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from paycell.platform import Platform
-from tests.e2e.serving import buyer_and_shop, free_port, stop, wait_until
+from tests.e2e.serving import ServerProcess, buyer_and_shop, free_port, stop, wait_until
 
 ADMIN_KEY = "workers-test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -52,6 +51,27 @@ def _fresh_get(base: str, path: str) -> httpx.Response:
 def _counted_requests(metrics: str, route: str) -> int:
     pattern = re.compile(rf'^paycell_http_requests_total\{{route="{re.escape(route)}".*\}} (\d+)$')
     return sum(int(m.group(1)) for m in map(pattern.match, metrics.splitlines()) if m)
+
+
+def _published_requests(run_directories: Path, route: str) -> int:
+    """The requests to `route` that the workers' published snapshots count, summed."""
+    total = 0
+    for path in run_directories.glob("paycell-serve-*/metrics-worker-*.json"):
+        try:
+            snapshot = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # replaced between the glob and the read: try again
+            return -1
+        total += sum(count for counted, _, _, count in snapshot["requests"] if counted == route)
+    return total
+
+
+def _board_files(run_directories: Path) -> dict[str, int]:
+    """The workers' metrics files by name, each with its inode: a publication replaces the
+    file by a new one, so a changed inode means its worker has published since."""
+    return {
+        path.name: path.stat().st_ino
+        for path in run_directories.glob("paycell-serve-*/metrics-worker-*.json")
+    }
 
 
 def _pay_orders_through_both_workers(base: str, orders: int) -> None:
@@ -96,19 +116,17 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
     run_directories.mkdir()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
+    server = ServerProcess(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        tmp_path,
         env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY, "TMPDIR": str(run_directories)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )  # fmt: skip
     try:
         wait_until(lambda: len(_workers_of(server.pid)) == 2, STARTUP_SECONDS, "two workers")
 
         def both_listen() -> bool:
-            assert server.poll() is None, server.communicate()
+            assert server.poll() is None, server.logs()
             try:
                 return _fresh_get(base, "/v1/admin/switches").status_code == 200
             except httpx.TransportError:
@@ -133,7 +151,15 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
 
         wait_until(lambda: scraped() >= 62, 10, "both workers' requests in one scrape")
         assert "paycell_workers 2" in _fresh_get(base, "/metrics").text
-        before_kill = scraped()
+        # A worker killed outright loses what it counted since its last publication (at
+        # most a second's worth, as documented), so the kill waits until both workers have
+        # published every request counted so far.
+        wait_until(
+            lambda: _published_requests(run_directories, "/v1/admin/switches") >= scraped(),
+            10,
+            "both workers' figures published",
+        )
+        before_kill = _published_requests(run_directories, "/v1/admin/switches")
 
         # A worker killed outright is started again; the other serves meanwhile.
         victim = min(_workers_of(server.pid))
@@ -144,7 +170,18 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
         wait_until(lambda: "paycell_workers 2" in _fresh_get(base, "/metrics").text, 10, "2")
         for _ in range(20):
             assert _fresh_get(base, "/v1/admin/switches").json()["reports"] == "off"
-        assert scraped() >= before_kill
+        # The new worker went on from its predecessor's counters: once both workers have
+        # published since these requests (each publication is a new file), the totals hold
+        # the 20 new requests on top of them.
+        boards_before = _board_files(run_directories)
+
+        def both_published_since() -> bool:
+            boards = _board_files(run_directories)
+            return len(boards) == 2 and not set(boards.values()) & set(boards_before.values())
+
+        wait_until(both_published_since, 10, "both workers to publish again")
+        assert _published_requests(run_directories, "/v1/admin/switches") >= before_kill + 20
+        assert scraped() >= before_kill + 20
     finally:
         output, errors = stop(server, 60)
     assert server.returncode == 0, errors
@@ -161,16 +198,14 @@ def test_two_workers_share_the_port_the_switches_and_the_metrics(tmp_path: Path)
         assert platform.verify().ok
 
 
-def _serve_two_workers(database: Path, port: int) -> "subprocess.Popen[str]":
+def _serve_two_workers(database: Path, port: int) -> ServerProcess:
     """The server in a process group of its own, as a terminal's foreground job is. Its run
     directory goes beside the database: a supervisor killed outright cannot remove it."""
-    return subprocess.Popen(
+    return ServerProcess(
         [sys.executable, "-m", "paycell.adapters.cli.main", "serve", "--database", str(database),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        database.parent,
         env={**os.environ, "PAYCELL_ADMIN_KEY": ADMIN_KEY, "TMPDIR": str(database.parent)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )  # fmt: skip
 
@@ -199,13 +234,15 @@ def test_a_second_server_is_refused_the_port_and_ctrl_c_stops_the_first_cleanly(
     wait_until(lambda: _answers(port), STARTUP_SECONDS, "the server")
     # A second server on the same port is refused, never let to share it.
     second = _serve_two_workers(tmp_path / "other.db", port)
-    _, refusal = second.communicate(timeout=60)
+    second.wait(timeout=60)
+    _, refusal = second.logs()
     assert second.returncode == 1
     assert "cannot listen on 127.0.0.1" in refusal
     assert not (tmp_path / "other.db").exists()  # refused before it touched a database
     workers = _workers_of(server.pid)
     os.killpg(server.pid, signal.SIGINT)
-    _, errors = server.communicate(timeout=60)
+    server.wait(timeout=60)
+    _, errors = server.logs()
     assert server.returncode == 0, errors
     assert "starting it again" not in errors  # a worker's stop is not taken for a crash
     wait_until(lambda: not any(map(_alive, workers)), 10, "the workers to end")
@@ -225,6 +262,6 @@ def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     finally:
         if server.poll() is None:
             server.kill()
-        server.communicate(timeout=30)
+        server.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)  # whatever is left of the group
