@@ -401,6 +401,30 @@ def test_id_already_failed_persists_across_batches_and_reopen(
         assert reopened.verify().ok
 
 
+def test_ids_at_or_below_the_highest_seen_are_still_looked_up(ledger: Ledger) -> None:
+    # A batch whose ids are all above the highest id stored or failed skips both lookups;
+    # at or below it, each id is looked up, on either side of the 64-bit encoding boundary.
+    open_accounts(ledger, Account(id=1, ledger=CNY, code=1), Account(id=2, ledger=CNY, code=1))
+    big = 2**100
+    assert apply(ledger, cny_transfer(10, 1, 2, 1), cny_transfer(big, 1, 2, 1)) == ["ok", "ok"]
+    assert apply(ledger, cny_transfer(big + 1, 1, 3, 1)) == ["credit_account_not_found"]
+    with ledger.service.store.write() as unit:
+        assert unit.highest_transfer_id() == big + 1  # a failed id counts
+    assert apply(ledger, cny_transfer(big + 1, 1, 2, 1)) == ["id_already_failed"]
+    assert apply(ledger, cny_transfer(big, 1, 2, 1), cny_transfer(big + 2, 1, 2, 1)) == [
+        "exists",
+        "ok",
+    ]
+    assert apply(ledger, cny_transfer(10, 1, 2, 2)) == ["exists_with_different_amount"]
+    assert apply(ledger, cny_transfer(9, 1, 2, 1)) == ["ok"]  # below the highest, yet new
+    assert apply(ledger, cny_transfer(big + 3, 1, 2, 1), cny_transfer(big + 3, 1, 2, 1)) == [
+        "ok",
+        "exists",
+    ]
+    assert ledger.lookup_accounts([2])[0].credits_posted == 5  # 10, big, big + 2, 9, big + 3
+    assert ledger.verify().ok
+
+
 def test_reopening_a_database_shows_the_same_state_and_continues_it(
     database_url: str, clock: FakeClock
 ) -> None:

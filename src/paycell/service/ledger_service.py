@@ -10,6 +10,7 @@ Each write is one unit of work under the store's writer lock:
 import gc
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from paycell.core import state_machine
@@ -36,6 +37,11 @@ from paycell.service.account_cache import AccountCache
 from paycell.service.ports import LedgerStore, WriteUnit
 
 V = TypeVar("V")
+
+_ID = attrgetter("id")
+_DEBIT_ACCOUNT_ID = attrgetter("debit_account_id")
+_CREDIT_ACCOUNT_ID = attrgetter("credit_account_id")
+_PENDING_ID = attrgetter("pending_id")
 
 Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the Unix epoch."""
@@ -79,6 +85,7 @@ class GroupedWriteUnit:
         self._transfers: dict[int, Transfer] = {}
         self._pending: dict[int, PendingState] = {}
         self._failed: dict[int, str] = {}
+        self._highest_held_id = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._unit, name)
@@ -103,6 +110,11 @@ class GroupedWriteUnit:
             self._pending[pending_id] = PendingState(status, before.expires_at)
         for failure in batch.failures:
             self._failed[failure.id] = failure.result
+        self._highest_held_id = max(
+            self._highest_held_id,
+            max((t.id for t in batch.transfers_created), default=0),
+            max((f.id for f in batch.failures), default=0),
+        )
 
     def accounts_by_id(self, ids: Collection[int]) -> dict[int, Account]:
         return self._overlaid(ids, self._accounts, self._unit.accounts_by_id)
@@ -115,6 +127,9 @@ class GroupedWriteUnit:
 
     def failed_results(self, ids: Collection[int]) -> dict[int, str]:
         return self._overlaid(ids, self._failed, self._unit.failed_results)
+
+    def highest_transfer_id(self) -> int:
+        return max(self._highest_held_id, self._unit.highest_transfer_id())
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
         # Held expiries are not in the database's due index yet, so expiring through this
@@ -271,9 +286,17 @@ class LedgerService:
             meta = expiry.meta_after
 
     def _prefetch(self, unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:
-        transfer_ids = {t.id for t in batch}
-        pending_ids = {t.pending_id for t in batch if t.pending_id}
-        transfers = unit.transfers_by_id(transfer_ids | pending_ids)
+        pending_ids = set(map(_PENDING_ID, batch))
+        pending_ids.discard(0)
+        if batch and min(map(_ID, batch)) > unit.highest_transfer_id():
+            # Every id is new: none is stored and none failed before (the common case, and
+            # no set of the batch's ids to build).
+            transfers = unit.transfers_by_id(pending_ids) if pending_ids else {}
+            failed: dict[int, str] = {}
+        else:
+            transfer_ids = set(map(_ID, batch))
+            transfers = unit.transfers_by_id(transfer_ids | pending_ids)
+            failed = unit.failed_results(transfer_ids)
         # Pending transfers created earlier in this same batch are not in the database yet;
         # the state machine finds them in its own working state.
         referenced = [transfers[i] for i in pending_ids if i in transfers]
@@ -285,14 +308,15 @@ class LedgerService:
         }
         if referenced_by_replays:
             transfers.update(unit.transfers_by_id(referenced_by_replays))
-        account_ids = {t.debit_account_id for t in batch} | {t.credit_account_id for t in batch}
+        account_ids = set(map(_DEBIT_ACCOUNT_ID, batch))
+        account_ids.update(map(_CREDIT_ACCOUNT_ID, batch))
         account_ids.update(t.debit_account_id for t in referenced)
         account_ids.update(t.credit_account_id for t in referenced)
         return state_machine.Prefetched(
             accounts=self.accounts_in_unit(unit, account_ids),
             transfers=transfers,
-            pending_states=unit.pending_states(pending_ids),
-            failed_results=unit.failed_results(transfer_ids),
+            pending_states=unit.pending_states(pending_ids) if pending_ids else {},
+            failed_results=failed,
         )
 
     # Reads ------------------------------------------------------------------------------------

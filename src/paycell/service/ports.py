@@ -41,6 +41,13 @@ class WriteUnit(Protocol):
         """Ids remembered as failed with a transient result, mapped to that result's name."""
         ...
 
+    def highest_transfer_id(self) -> int:
+        """The highest id of a stored transfer or of one remembered as failed; 0 if none.
+        A batch whose ids are all higher needs neither lookup: ids that grow over time (as
+        TigerBeetle recommends, and as most id schemes do) are known new from one index
+        read instead of a lookup per id."""
+        ...
+
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
         """Still-pending transfers whose expiry is at or before `timestamp`, oldest first."""
         ...

@@ -253,6 +253,14 @@ class _PostgresWriteUnit:
         ).fetchall()
         return {row[0]: row[1] for row in rows}
 
+    def highest_transfer_id(self) -> int:
+        # Each max() reads one end of a primary key index.
+        highest = self._connection.execute(
+            "SELECT (SELECT max(id) FROM transfers), (SELECT max(id) FROM failed_transfers)"
+        ).fetchone()
+        assert highest is not None
+        return max((int(value) for value in highest if value is not None), default=0)
+
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
         sql, parameters = ledger_queries.due_pending_transfers(_POSTGRES, timestamp, limit)
         rows = self._connection.execute(sql, parameters).fetchall()

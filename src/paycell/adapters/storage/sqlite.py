@@ -216,6 +216,10 @@ BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 
 _STATEMENT_SIDES: Final = ("debit", "credit")
 
+_HIGHEST_TRANSFER_ID: Final = (
+    "SELECT (SELECT max(id) FROM transfers), (SELECT max(id) FROM failed_transfers)"
+)
+
 # Each fill's range of timestamps: after the watermark of the fill before it, up to its own.
 _FILL_RANGES: Final = (
     "SELECT fill, through, coalesce(lag(through) OVER (ORDER BY fill), 0) AS after "
@@ -452,6 +456,12 @@ class _SqliteWriteUnit:
             ):
                 found[decode(row[0])] = row[1]
         return found
+
+    def highest_transfer_id(self) -> int:
+        # Each max() is one seek to the end of an index on id: the encoding keeps numeric
+        # order (every INTEGER below every BLOB, BLOBs big-endian), so the largest is last.
+        highest = self._connection.execute(_HIGHEST_TRANSFER_ID).fetchone()
+        return max((decode(value) for value in highest if value is not None), default=0)
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
         sql, parameters = ledger_queries.due_pending_transfers(_SQLITE, timestamp, limit)
