@@ -43,6 +43,7 @@ from paycell.adapters.storage.sqlite_account_log import (
     ACCOUNT_CHANGES_MERGE_EVERY,
     AccountChangeLog,
 )
+from paycell.adapters.storage.sqlite_inserts import insert_rows
 from paycell.adapters.storage.sqlite_writer_queue import WriterQueue
 from paycell.core import compiled
 from paycell.core.batch import CommittedBatch, LedgerMeta, PendingState
@@ -470,22 +471,27 @@ class _SqliteWriteUnit:
     def save(self, batch: CommittedBatch) -> None:
         connection = self._connection
         if batch.accounts_created:
-            connection.executemany(
-                f"INSERT INTO accounts ({ACCOUNT_COLUMNS}, created_flags) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            insert_rows(
+                connection,
+                f"INSERT INTO accounts ({ACCOUNT_COLUMNS}, created_flags)",
+                14,
                 [(*_encode_account(a), a.flags) for a in batch.accounts_created],
             )
         if batch.transfers_created:
-            connection.executemany(
-                f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            insert_rows(
+                connection,
+                f"INSERT INTO transfers ({TRANSFER_COLUMNS})",
+                13,
                 _transfer_rows(batch.transfers_created),
             )
         if batch.accounts_updated:
             # Logged, not updated in place: see sqlite_account_log.py.
             self._account_log.append(connection, batch.accounts_updated)
         if batch.pending_created:
-            connection.executemany(
-                "INSERT INTO pending_transfers (id, status, expires_at) VALUES (?,?,?)",
+            insert_rows(
+                connection,
+                "INSERT INTO pending_transfers (id, status, expires_at)",
+                3,
                 [
                     (encode(pending_id), state.status, state.expires_at)
                     for pending_id, state in batch.pending_created.items()
@@ -500,9 +506,11 @@ class _SqliteWriteUnit:
                 ],
             )
         if batch.history:
-            connection.executemany(
+            insert_rows(
+                connection,
                 "INSERT INTO account_history (account_id, timestamp, debits_pending, "
-                "debits_posted, credits_pending, credits_posted) VALUES (?,?,?,?,?,?)",
+                "debits_posted, credits_pending, credits_posted)",
+                6,
                 [
                     (
                         encode(row.account_id),
@@ -516,13 +524,17 @@ class _SqliteWriteUnit:
                 ],
             )
         if batch.expiries:
-            connection.executemany(
-                "INSERT INTO expiries (timestamp, pending_id) VALUES (?,?)",
+            insert_rows(
+                connection,
+                "INSERT INTO expiries (timestamp, pending_id)",
+                2,
                 [(e.timestamp, encode(e.pending_id)) for e in batch.expiries],
             )
         if batch.failures:
-            connection.executemany(
-                "INSERT INTO failed_transfers (id, result, timestamp) VALUES (?,?,?)",
+            insert_rows(
+                connection,
+                "INSERT INTO failed_transfers (id, result, timestamp)",
+                3,
                 [(encode(f.id), f.result, f.timestamp) for f in batch.failures],
             )
         entry = batch.journal

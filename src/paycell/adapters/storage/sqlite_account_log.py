@@ -25,6 +25,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
+from paycell.adapters.storage.sqlite_inserts import insert_rows
 from paycell.core.types import Account
 
 # A batch writes the log back once it holds this many rows, or this many distinct accounts,
@@ -43,8 +44,7 @@ ChangeRow = tuple[Any, ...]
 
 _APPEND: Final = (
     "INSERT INTO account_changes "
-    "(id, debits_pending, debits_posted, credits_pending, credits_posted, flags) "
-    "VALUES (?,?,?,?,?,?)"
+    "(id, debits_pending, debits_posted, credits_pending, credits_posted, flags)"
 )
 # Moving `log_generation` is what the trigger `accounts_change_through_the_log` lets through:
 # a process still running paycell 2's code (which updated balances in place, under the log)
@@ -167,8 +167,8 @@ class AccountChangeLog:
         """Log the accounts' new states (by id), in a write transaction begun with
         `synchronize`."""
         assert self._generation is not None, "append before synchronize"
-        connection.executemany(_APPEND, self._change_rows(list(accounts.values())))
-        # Rows of one statement under the writer lock are numbered consecutively.
+        insert_rows(connection, _APPEND, 6, self._change_rows(list(accounts.values())))
+        # Rows inserted in order under the writer lock are numbered consecutively.
         (last_seq,) = connection.execute("SELECT last_insert_rowid()").fetchone()
         self._latest.update(accounts)
         self._seen_through = last_seq
