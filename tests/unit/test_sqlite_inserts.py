@@ -5,7 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from paycell.adapters.storage.sqlite_inserts import ROWS_PER_INSERT, insert_rows
+from paycell.adapters.storage.sqlite_inserts import ROWS_PER_INSERT, flat_chunks, insert_rows
+from tests.compiled_path import WITH_COMPILED, WITH_COMPILED_IDS, use_compiled
 
 
 @pytest.fixture
@@ -16,15 +17,17 @@ def connection() -> Iterator[sqlite3.Connection]:
     opened.close()
 
 
+@pytest.mark.parametrize("compiled_path", WITH_COMPILED, ids=WITH_COMPILED_IDS)
 @pytest.mark.parametrize(
     "count",
     [0, 1, ROWS_PER_INSERT - 1, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 3 * ROWS_PER_INSERT + 5],
 )
 def test_every_row_is_inserted_once_in_order_at_each_chunk_boundary(
-    connection: sqlite3.Connection, count: int
+    connection: sqlite3.Connection, count: int, compiled_path: bool
 ) -> None:
     rows = [(n * 7, n.to_bytes(16, "big")) for n in range(count)]
-    insert_rows(connection, "INSERT INTO t (a, b)", 2, rows)
+    with use_compiled(compiled_path):
+        insert_rows(connection, "INSERT INTO t (a, b)", 2, rows)
     # Rowids follow the rows' order: the account log relies on it.
     assert connection.execute("SELECT seq, a, b FROM t ORDER BY seq").fetchall() == [
         (n + 1, a, b) for n, (a, b) in enumerate(rows)
@@ -42,3 +45,18 @@ def test_a_row_that_breaks_a_constraint_fails_the_insert(
         insert_rows(connection, "INSERT INTO t (a, b)", 2, rows)
     connection.execute("ROLLBACK")
     assert connection.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("compiled_path", WITH_COMPILED, ids=WITH_COMPILED_IDS)
+def test_whole_chunks_are_flattened_in_order_and_the_rest_left_out(compiled_path: bool) -> None:
+    rows = [(n, str(n), None) for n in range(2 * ROWS_PER_INSERT + 1)]
+    with use_compiled(compiled_path):
+        flat = flat_chunks(rows)
+    assert flat == [
+        [value for row in rows[:ROWS_PER_INSERT] for value in row],
+        [value for row in rows[ROWS_PER_INSERT : 2 * ROWS_PER_INSERT] for value in row],
+    ]
+    with use_compiled(compiled_path):
+        assert flat_chunks(rows[: ROWS_PER_INSERT - 1]) == []
+        # Rows that are not tuples are flattened too (in Python).
+        assert flat_chunks([list(row) for row in rows]) == flat

@@ -619,6 +619,63 @@ int64_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return rows;
 }
 
+/*
+ * flat_chunks(rows, chunk) -> list | None
+ *
+ * [[*rows[i], ..., *rows[i + chunk - 1]] for each whole chunk of `chunk` rows, in order]: the
+ * values each multi-row INSERT binds, with the rest (fewer than `chunk` rows) left out. None
+ * when a row is not a tuple: the caller flattens in Python.
+ */
+static PyObject *
+flat_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "flat_chunks takes a list and a chunk size");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    Py_ssize_t chunk = PyLong_AsSsize_t(args[1]);
+    if (chunk <= 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "the chunk size is positive");
+        }
+        return NULL;
+    }
+    Py_ssize_t chunks = PyList_GET_SIZE(rows) / chunk;
+    for (Py_ssize_t index = 0; index < chunks * chunk; index++) {
+        if (!PyTuple_CheckExact(PyList_GET_ITEM(rows, index))) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *flat = PyList_New(chunks);
+    if (flat == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t c = 0; c < chunks; c++) {
+        Py_ssize_t values = 0;
+        for (Py_ssize_t r = c * chunk; r < (c + 1) * chunk; r++) {
+            values += PyTuple_GET_SIZE(PyList_GET_ITEM(rows, r));
+        }
+        PyObject *values_list = PyList_New(values);
+        if (values_list == NULL) {
+            Py_DECREF(flat);
+            return NULL;
+        }
+        Py_ssize_t at = 0;
+        for (Py_ssize_t r = c * chunk; r < (c + 1) * chunk; r++) {
+            PyObject *row = PyList_GET_ITEM(rows, r);
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(row); i++) {
+                PyObject *value = PyTuple_GET_ITEM(row, i);
+                Py_INCREF(value);
+                PyList_SET_ITEM(values_list, at++, value);
+            }
+        }
+        PyList_SET_ITEM(flat, c, values_list);
+    }
+    return flat;
+}
+
 #ifndef PAYCELL_SOURCE_SHA256
 #define PAYCELL_SOURCE_SHA256 "unknown"  /* built other than by setup.py */
 #endif
@@ -653,6 +710,8 @@ static PyMethodDef fastpath_methods[] = {
      "The accounts a batch's working rows changed, or None to compute in Python."},
     {"int64_rows", (PyCFunction)(void (*)(void))int64_rows, METH_FASTCALL,
      "Plain tuples of the records' fields where they fit a signed 64-bit INTEGER."},
+    {"flat_chunks", (PyCFunction)(void (*)(void))flat_chunks, METH_FASTCALL,
+     "The rows' values, flattened per whole chunk of rows, or None to flatten in Python."},
     {"constants", constants, METH_NOARGS, "The field positions and flag bits compiled in."},
     {NULL, NULL, 0, NULL},
 };

@@ -2,8 +2,9 @@
 
 The C module repeats four hot loops of the pure-Python core for large batches: checking that
 events are well-formed, applying plain transfers sure to succeed, formatting the journal's
-transfer records, and listing the accounts a batch updated. A fifth, `int64_rows`, is for the
-SQLite adapter: the rows it binds, as plain tuples. Each attribute here is that
+transfer records, and listing the accounts a batch updated. Two more are for the SQLite
+adapter: `int64_rows`, the rows it binds, as plain tuples, and `flat_chunks`, those rows
+flattened for its multi-row INSERTs. Each attribute here is that
 function, or None when the module was not built (no C compiler where paycell was installed)
 or is switched off (`PAYCELL_PURE_PYTHON=1`, which `paycell/__init__.py` reads); the core then
 runs its pure-Python code, which is the definition of every rule and decides the same.
@@ -19,6 +20,7 @@ WellFormedPrefix = Callable[[list[Any], type], int]
 TransferLines = Callable[[list[Any]], bytes | None]
 UpdatedAccounts = Callable[[dict[int, list[int]], dict[int, Any], type], dict[int, Any] | None]
 Int64Rows = Callable[[list[Any], tuple[int, ...], Callable[[Any], Any]], list[Any]]
+FlatChunks = Callable[[list[Any], int], list[list[Any]] | None]
 
 
 def _load() -> Any:
@@ -58,6 +60,7 @@ well_formed_prefix: WellFormedPrefix | None = None
 transfer_lines: TransferLines | None = None
 updated_accounts: UpdatedAccounts | None = None
 int64_rows: Int64Rows | None = None
+flat_chunks: FlatChunks | None = None
 
 
 def switch(enabled: bool) -> None:
@@ -66,6 +69,7 @@ def switch(enabled: bool) -> None:
     Switching it on needs the module to have been built (`BUILT`).
     """
     global apply_plain, well_formed_prefix, transfer_lines, updated_accounts, int64_rows
+    global flat_chunks
     if enabled and _module is None:
         raise RuntimeError("paycell.core._fastpath was not built (see docs/performance.md)")
     apply_plain = _module.apply_plain if enabled else None
@@ -73,6 +77,7 @@ def switch(enabled: bool) -> None:
     transfer_lines = _module.transfer_lines if enabled else None
     updated_accounts = _module.updated_accounts if enabled else None
     int64_rows = _module.int64_rows if enabled else None
+    flat_chunks = _module.flat_chunks if enabled else None
 
 
 def enabled() -> bool:
