@@ -11,6 +11,7 @@ import pytest
 
 from paycell import Account, Ledger, Transfer
 from tests.contract.conftest import CNY, RawDatabase, open_accounts
+from tests.integration.sqlite_files import alter_logged_changes
 
 # The fixture's journal: batch 1 creates accounts 1-3, batch 2 transfers 11-13, batch 3 transfer
 # 14.
@@ -117,7 +118,7 @@ def test_verify_names_an_account_whose_balance_was_altered(
         # SQLite refuses balance updates outside its change log's write-back, and may hold the
         # account's current state in the log instead.
         raw_database.drop_trigger("accounts_change_through_the_log", "accounts")
-        raw_database.execute("UPDATE account_changes SET credits_posted = 1000000 WHERE id = 2")
+        alter_logged_changes(raw_database.execute, 2, credits_posted=1000000)
     raw_database.execute("UPDATE accounts SET credits_posted = 1000000 WHERE id = 2")
 
     found = discrepancies(books)

@@ -6,12 +6,11 @@ lock (as one slow platform call would) while the requests queue, then lets go; t
 drains them all into one group. No assertion is about time."""
 
 import json
-import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import partial
@@ -28,13 +27,14 @@ from paycell.adapters.http import create_app
 from paycell.adapters.http.group_commit import GroupCommitConfig, GroupCommitter
 from paycell.adapters.http.idempotency import REPLAYED_HEADER
 from paycell.adapters.http.metrics import Metrics
-from paycell.adapters.storage.sqlite import SqliteStore, encode
+from paycell.adapters.storage.sqlite import SqliteStore
 from paycell.core.currency import currency_for_code
 from paycell.core.payments import chart
 from paycell.core.payments.records import OrderStatus
 from paycell.core.types import Transfer, TransferFlags
 from paycell.platform import Platform
 from tests.e2e.conftest import ADMIN_KEY, Clock, Party, World
+from tests.integration.sqlite_files import logged_changes
 
 FEE_BASIS_POINTS = 60
 # Order amounts whose 0.60% fee needs rounding (half to even): 7_50 -> 4.5 -> 4 and
@@ -251,13 +251,9 @@ def test_failing_payment_in_a_group_does_not_affect_others(server: Server) -> No
 
 def _balance_writes(store_path: Path, account_id: int) -> int:
     """How many times the ledger has written the account's balances: on SQLite each batch
-    appends one `account_changes` row per account it changed (sqlite_account_log.py), and the
-    log is written back and emptied only after 32,768 rows, far more than a test makes."""
-    with closing(sqlite3.connect(store_path)) as connection:
-        (count,) = connection.execute(
-            "SELECT count(*) FROM account_changes WHERE id = ?", (encode(account_id),)
-        ).fetchone()
-    return int(count)
+    logs one change per account it changed (sqlite_account_log.py), and the log is written
+    back and emptied only after 32,768 accounts, far more than a test makes."""
+    return logged_changes(store_path, account_id)
 
 
 def test_hot_merchant_payments_in_a_group_update_its_balance_once_per_batch(

@@ -18,6 +18,7 @@ from paycell.adapters.cli.main import main
 from paycell.core.currency import currency_for_code, parse_amount
 from paycell.core.payments import chart
 from paycell.platform import Platform
+from tests.integration.sqlite_files import alter_logged_changes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIG = 2**64 + 7  # ids and amounts wider than 64 bits stay JSON integers
@@ -341,7 +342,11 @@ def test_verify_passes_then_fails_on_a_tampered_database(
     with connection:
         connection.execute("DROP TRIGGER accounts_change_through_the_log")
         connection.execute("UPDATE accounts SET debits_posted = 6 WHERE id = 2")
-        connection.execute("UPDATE account_changes SET debits_posted = 6 WHERE id = 2")
+        alter_logged_changes(
+            lambda sql, parameters: connection.execute(sql, parameters).fetchall(),
+            2,
+            debits_posted=6,
+        )
     connection.close()
     code, out, _ = run(capsys, "--database", sqlite_url, "verify")
     assert code == 1

@@ -18,6 +18,7 @@ from paycell.core.types import Account, AccountFlags, Transfer, TransferFlags
 from paycell.service.ledger_service import GroupExpiryError, LedgerService
 from paycell.service.ports import LedgerStore, WriteUnit
 from paycell.service.verify import verify
+from tests.integration.sqlite_files import logged_changes
 
 # A clock that stands still: ledger timestamps then advance by one per event, so two ledgers
 # given the same commands get the same timestamps however often each reads the clock.
@@ -162,20 +163,22 @@ def test_a_hot_account_is_updated_once_per_group(tmp_path: Path) -> None:
     assert isinstance(store, SqliteStore)
     updates: list[str] = []
 
-    def count_account_updates(statement: str) -> None:
-        # SQLite logs an account's new state (sqlite_account_log.py) rather than updating it.
-        if statement.startswith("INSERT INTO account_changes"):
+    def count_account_log_rows(statement: str) -> None:
+        # SQLite logs a batch's account changes (sqlite_account_log.py) rather than updating
+        # the accounts: one row per batch.
+        if statement.startswith("INSERT INTO account_log"):
             updates.append(statement)
 
-    store._connection.set_trace_callback(count_account_updates)
+    store._connection.set_trace_callback(count_account_log_rows)
     _, committed = _run_grouped(service)
     store._connection.set_trace_callback(None)
 
     # Four commands move money between three accounts, HOT credited in three of them; the
-    # group logs each touched account's new state once: BUYER, SHOP and HOT.
+    # group logs each touched account's new state once: BUYER, SHOP and HOT, in one row.
     assert len(committed) == 1
     assert set(committed[0].accounts_updated) == {BUYER, SHOP, HOT}
-    assert len(updates) == 3
+    assert len(updates) == 1
+    assert logged_changes(Path(store.path), HOT) == 1
     store.close()
 
 

@@ -15,8 +15,12 @@ from paycell import Account, AccountFlags, Ledger, Transfer
 from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage import sqlite_account_log
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION
-from paycell.adapters.storage.sqlite_account_log import AccountChangeLog
-from tests.integration.sqlite_files import rows
+from paycell.adapters.storage.sqlite_account_log import AccountChangeLog, AccountLogDamagedError
+from tests.integration.sqlite_files import (
+    alter_logged_changes,
+    log_change_of_no_account,
+    rows,
+)
 
 CNY = 156
 LOG = 5
@@ -50,6 +54,14 @@ def posted(ledger: Ledger, account_id: int) -> tuple[int, int]:
     return account.debits_posted, account.credits_posted
 
 
+def logged(path: Path) -> list[list[int]]:
+    """The ids of the changes each row of the account log holds, row by row."""
+    return [
+        [change[0] for change in sqlite_account_log.unpack_changes(packed)]  # type: ignore[arg-type]
+        for (packed,) in rows(path, "SELECT changes FROM account_log ORDER BY seq")
+    ]
+
+
 def test_changes_are_logged_until_the_log_fills_then_written_back_in_one_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,14 +70,15 @@ def test_changes_are_logged_until_the_log_fills_then_written_back_in_one_go(
     with open_accounts(path, 1, 2) as ledger:
         pay(ledger, 1, 1, 2, 10)
         pay(ledger, 2, 1, 2, 20)
-        # Two batches, two accounts each: four rows logged, `accounts` still as created.
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(4,)]
+        # Two batches, two accounts each: four changes logged in two rows, `accounts` still
+        # as created.
+        assert logged(path) == [[1, 2], [1, 2]]
         assert rows(path, "SELECT debits_posted FROM accounts WHERE id = 1") == [(0,)]
         assert posted(ledger, 1) == (30, 0)
         assert posted(ledger, 2) == (0, 30)
 
-        pay(ledger, 3, 2, 1, 5)  # The sixth row crosses the threshold of five.
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        pay(ledger, 3, 2, 1, 5)  # The sixth change crosses the threshold of five.
+        assert logged(path) == []
         assert rows(path, "SELECT debits_posted, credits_posted FROM accounts ORDER BY id") == [
             (30, 5),
             (5, 30),
@@ -74,7 +87,8 @@ def test_changes_are_logged_until_the_log_fills_then_written_back_in_one_go(
         assert posted(ledger, 1) == (30, 5)
 
         pay(ledger, 4, 1, 2, 1)  # The next generation of the log starts over at row 1.
-        assert rows(path, "SELECT seq, id FROM account_changes ORDER BY seq") == [(1, 1), (2, 2)]
+        assert rows(path, "SELECT seq FROM account_log") == [(1,)]
+        assert logged(path) == [[1, 2]]
         assert posted(ledger, 2) == (5, 31)
         assert ledger.verify().ok
 
@@ -90,12 +104,12 @@ def test_repeated_changes_fold_until_the_log_holds_enough_distinct_accounts(
     with open_accounts(path, 1, 2, 3, 4) as ledger:
         for transfer_id in range(1, 6):
             pay(ledger, transfer_id, 1, 2, 1)
-        # Ten rows, two accounts: folded in the log, nothing written back yet.
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(10,)]
+        # Ten changes, two accounts: folded in the log, nothing written back yet.
+        assert sum(map(len, logged(path))) == 10
         assert rows(path, "SELECT account_log_generation FROM ledger_meta") == [(0,)]
 
         pay(ledger, 6, 3, 4, 1)  # Four distinct accounts cross the limit of three.
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert logged(path) == []
         assert rows(path, "SELECT id, debits_posted, credits_posted FROM accounts") == [
             (1, 5, 0),
             (2, 0, 5),
@@ -117,7 +131,7 @@ def test_other_processes_see_each_others_logged_and_written_back_changes(
         pay(second, 2, 1, 2, 20)  # Decided on the first's logged balance, not on `accounts`.
         assert posted(first, 1) == (30, 0)
         pay(first, 3, 2, 1, 1)  # Crosses the threshold: the first writes the log back.
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert logged(path) == []
         # The second remembers rows that are gone now; it must notice the write-back.
         assert posted(second, 1) == (30, 1)
         pay(second, 4, 1, 2, 2)
@@ -163,7 +177,7 @@ def test_a_rolled_back_batch_leaves_neither_rows_nor_memory_behind(
             with pytest.raises(OSError, match="disk full"):
                 ledger.create_transfers([transfer(3, 1, 2, 1000)])
 
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(4,)]
+        assert logged(path) == [[1, 2], [1, 2]]
         assert ledger.lookup_transfers([3]) == []
         # The next batch leaves account 1 alone and writes the log back: nothing of the
         # failed batch may resurface, in memory or in `accounts`.
@@ -204,7 +218,7 @@ def test_a_version_2_database_is_migrated_when_opened(
     # Version 2's layout: balances updated in place, no log, no write-back mark.
     connection = sqlite3.connect(path, isolation_level=None)
     for sql in (
-        "DROP TABLE account_changes",
+        "DROP TABLE account_log",
         "DROP TRIGGER accounts_change_through_the_log",
         "ALTER TABLE accounts DROP COLUMN log_generation",
         "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",
@@ -221,8 +235,66 @@ def test_a_version_2_database_is_migrated_when_opened(
     assert rows(path, "SELECT schema_version, account_log_generation FROM ledger_meta") == [
         (SCHEMA_VERSION, 0)
     ]
-    assert rows(path, "SELECT count(*) FROM account_changes") == [(2,)]
+    assert logged(path) == [[2, 1]]
     assert_old_in_place_updates_are_refused(path)
+
+
+# Schema 4's log: a row per change.
+ACCOUNT_CHANGES_V4 = """CREATE TABLE account_changes (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    debits_pending BLOB NOT NULL,
+    debits_posted BLOB NOT NULL,
+    credits_pending BLOB NOT NULL,
+    credits_posted BLOB NOT NULL,
+    flags INTEGER NOT NULL
+)"""
+
+
+def test_a_version_4_database_has_its_logged_rows_written_back_when_opened(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2, 3) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        pay(ledger, 2, 2, 3, 4)
+        pay(ledger, 3, 3, 1, 1)
+        before = ledger.lookup_accounts([1, 2, 3])
+    # Back to version 4's layout: the same changes, a row each, in `account_changes`.
+    connection = sqlite3.connect(path, isolation_level=None)
+    changes = [
+        change
+        for (packed,) in connection.execute("SELECT changes FROM account_log ORDER BY seq")
+        for change in sqlite_account_log.unpack_changes(packed)
+    ]
+    assert len(changes) == 6
+    connection.execute("DROP TABLE account_log")
+    connection.execute(ACCOUNT_CHANGES_V4)
+    connection.executemany(
+        "INSERT INTO account_changes (id, debits_pending, debits_posted, credits_pending, "
+        "credits_posted, flags) VALUES (?,?,?,?,?,?)",
+        changes,
+    )
+    connection.execute("UPDATE ledger_meta SET schema_version = 4")
+    connection.close()
+    assert rows(path, "SELECT debits_posted, credits_posted FROM accounts") == [(0, 0)] * 3
+
+    with Ledger(path) as ledger:
+        assert ledger.lookup_accounts([1, 2, 3]) == before
+        # Written back into `accounts`, the old table gone, the new log empty.
+        assert rows(path, "SELECT id, debits_posted, credits_posted FROM accounts") == [
+            (1, 10, 1),
+            (2, 4, 10),
+            (3, 1, 4),
+        ]
+        assert rows(path, "SELECT name FROM sqlite_master WHERE name = 'account_changes'") == []
+        assert logged(path) == []
+        assert rows(path, "SELECT schema_version, account_log_generation FROM ledger_meta") == [
+            (SCHEMA_VERSION, 1)
+        ]
+        pay(ledger, 4, 1, 2, 2)
+        assert posted(ledger, 1) == (12, 1)
+        assert ledger.verify().ok
 
 
 # What paycell 2 ran for every batch; a process of it still open on a migrated file must have
@@ -236,7 +308,7 @@ IN_PLACE_UPDATE = (
 def assert_old_in_place_updates_are_refused(path: Path) -> None:
     connection = sqlite3.connect(path, isolation_level=None)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="balances change through account_changes"):
+        with pytest.raises(sqlite3.IntegrityError, match="balances change through the account log"):
             connection.execute(IN_PLACE_UPDATE, (0, 99, 0, 0, 0, 1))
     finally:
         connection.close()
@@ -259,14 +331,10 @@ def test_a_process_updating_balances_in_place_is_refused(
 @pytest.mark.parametrize(
     ("tampering", "named"),
     [
-        (
-            "UPDATE account_changes SET credits_posted = 999 WHERE id = 2",
-            "account 2: stored balances",
-        ),
-        (
-            "INSERT INTO account_changes VALUES (NULL, 77, 0, 0, 0, 0, 0)",
-            "account_changes: 1 rows name no account",
-        ),
+        ("alter", "account 2: stored balances"),
+        ("no account", "account_log: 1 accounts changed are not in accounts"),
+        ("garbage", "account_log: row 3 does not unpack"),
+        ("cut short", "account_log: row 2 does not unpack"),
     ],
 )
 def test_verify_names_a_tampered_account_log(tmp_path: Path, tampering: str, named: str) -> None:
@@ -276,12 +344,43 @@ def test_verify_names_a_tampered_account_log(tmp_path: Path, tampering: str, nam
         pay(ledger, 2, 2, 1, 4)
         assert ledger.verify().ok
         connection = sqlite3.connect(path, isolation_level=None)
-        connection.execute(tampering)
+
+        def execute(sql: str, parameters: object) -> list[tuple[object, ...]]:
+            return connection.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+
+        if tampering == "alter":
+            assert alter_logged_changes(execute, 2, credits_posted=999) == 2
+        elif tampering == "no account":
+            log_change_of_no_account(execute, 77)
+        elif tampering == "garbage":
+            execute("INSERT INTO account_log (changes) VALUES (?)", (b"not packed",))
+        else:
+            execute("UPDATE account_log SET changes = substr(changes, 1, 30) WHERE seq = 2", ())
         connection.close()
         # The same process: verify reads the database, not what the process remembers.
         report = ledger.verify()
     assert not report.ok
     assert any(named in discrepancy for discrepancy in report.discrepancies), report.render()
+
+
+@pytest.mark.parametrize("damage", [b"not packed", b"I" + bytes(30)])
+def test_a_log_row_that_does_not_unpack_stops_reads_and_writes(
+    tmp_path: Path, damage: bytes
+) -> None:
+    # Balances read past a lost row of changes would be wrong: nothing proceeds on them.
+    path = tmp_path / "ledger.db"
+    with open_accounts(path, 1, 2) as ledger:
+        pay(ledger, 1, 1, 2, 10)
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("UPDATE account_log SET changes = ? WHERE seq = 1", (damage,))
+        connection.close()
+        assert not ledger.verify().ok  # verify names it, and forgets what it read past
+        with pytest.raises(AccountLogDamagedError, match="account_log row 1 does not unpack") as e:
+            ledger.create_transfers([transfer(2, 1, 2, 5)])
+        assert e.value.code == "account_log_damaged"
+        with pytest.raises(AccountLogDamagedError):
+            ledger.lookup_accounts([1])
+    assert rows(path, "SELECT count(*) FROM transfers") == [(1,)]
 
 
 def test_a_batch_sqlite_rolled_back_by_itself_leaves_no_memory_behind(
@@ -307,7 +406,7 @@ def test_a_batch_sqlite_rolled_back_by_itself_leaves_no_memory_behind(
             with pytest.raises(sqlite3.OperationalError, match="interrupted"):
                 ledger.create_transfers([transfer(1, 1, 2, 10)])
 
-        assert rows(path, "SELECT count(*) FROM account_changes") == [(0,)]
+        assert logged(path) == []
         assert posted(ledger, 1) == (0, 0)  # Before any verify, which would forget anyway.
         pay(ledger, 2, 1, 2, 1)
         assert posted(ledger, 1) == (1, 0)

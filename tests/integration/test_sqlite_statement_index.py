@@ -143,9 +143,9 @@ def test_a_version_1_database_is_migrated_when_opened(
     # Put the file back into version 1's layout: account indexes on transfers, no statement
     # tables, no watermark, no account log.
     connection = sqlite3.connect(path, isolation_level=None)
-    assert connection.execute("SELECT count(*) FROM account_changes").fetchone() == (0,)
+    assert connection.execute("SELECT count(*) FROM account_log").fetchone() == (0,)
     for sql in (
-        "DROP TABLE account_changes",
+        "DROP TABLE account_log",
         "DROP TRIGGER accounts_change_through_the_log",
         "ALTER TABLE accounts DROP COLUMN log_generation",
         "ALTER TABLE ledger_meta DROP COLUMN account_log_generation",

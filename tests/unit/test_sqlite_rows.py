@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paycell.adapters.storage.sqlite import _account_change_rows, _transfer_rows
+from paycell.adapters.storage.sqlite_account_log import pack_changes, unpack_changes
 from paycell.core.types import Account, Transfer
-from tests.compiled_path import COMPILED, use_compiled
+from tests.compiled_path import COMPILED, WITH_COMPILED, use_compiled
 
 MAX = (1 << 128) - 1
 edges = st.sampled_from([0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 64, MAX - 1, MAX])
@@ -59,11 +60,65 @@ def rows_both_ways(build: Any, records: list[Any]) -> tuple[list[Any], list[Any]
     return compiled_rows, python_rows
 
 
-pytestmark = pytest.mark.skipif(
+requires_compiled = pytest.mark.skipif(
     not COMPILED, reason="PAYCELL_PURE_PYTHON=1 switched the compiled path off"
 )
 
 
+def changes_of(records: list[Account]) -> list[tuple[int, ...]]:
+    return [(a.id, a[1], a[2], a[3], a[4], a.flags) for a in records]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(accounts, max_size=8))
+def test_packed_account_changes_unpack_to_the_accounts_changes(records: list[Account]) -> None:
+    for compiled_path in WITH_COMPILED:
+        with use_compiled(compiled_path):
+            packed = pack_changes(records)
+        assert [tuple(change) for change in unpack_changes(packed)] == changes_of(records)
+
+
+@requires_compiled
+@settings(max_examples=300, deadline=None)
+@given(st.lists(accounts, max_size=8))
+def test_compiled_packed_changes_are_the_adapters(records: list[Account]) -> None:
+    compiled_packed, python_packed = rows_both_ways(pack_changes, records)
+    assert compiled_packed == python_packed
+
+
+@pytest.mark.parametrize(
+    ("largest", "format_tag", "width"),
+    [
+        (0, b"I", 4),
+        ((1 << 32) - 1, b"I", 4),
+        (1 << 32, b"Q", 8),
+        ((1 << 64) - 1, b"Q", 8),
+        (1 << 64, b"W", 16),
+        (MAX, b"W", 16),
+    ],
+)
+def test_changes_are_packed_in_the_narrowest_width_that_holds_the_largest_value(
+    largest: int, format_tag: bytes, width: int
+) -> None:
+    records = [
+        Account(id=1, ledger=1, code=1),
+        Account(id=2, credits_posted=largest, ledger=1, code=1),
+    ]
+    packed = pack_changes(records)
+    assert packed[:1] == format_tag
+    assert len(packed) == 1 + 2 * 6 * width
+    assert [tuple(change) for change in unpack_changes(packed)] == changes_of(records)
+
+
+@pytest.mark.parametrize(
+    "damaged", [b"", b"X" + bytes(24), b"I" + bytes(23), b"Q" + bytes(47), b"W" + bytes(95)]
+)
+def test_bytes_that_are_not_packed_changes_do_not_unpack(damaged: bytes) -> None:
+    with pytest.raises(ValueError, match=r"cut short|not packed"):
+        list(unpack_changes(damaged))
+
+
+@requires_compiled
 @settings(max_examples=200, deadline=None)
 @given(st.lists(transfers, max_size=8))
 def test_compiled_transfer_rows_are_the_adapters_rows(records: list[Transfer]) -> None:
@@ -73,6 +128,7 @@ def test_compiled_transfer_rows_are_the_adapters_rows(records: list[Transfer]) -
     assert all(type(row) is tuple for row in compiled_rows)
 
 
+@requires_compiled
 @settings(max_examples=200, deadline=None)
 @given(st.lists(accounts, max_size=8))
 def test_compiled_account_change_rows_are_the_adapters_rows(records: list[Account]) -> None:
@@ -81,6 +137,7 @@ def test_compiled_account_change_rows_are_the_adapters_rows(records: list[Accoun
     assert all(type(row) is tuple for row in compiled_rows)
 
 
+@requires_compiled
 def test_a_wide_value_goes_through_the_fallback() -> None:
     wide_transfer = Transfer(id=1 << 63, debit_account_id=1, credit_account_id=2, amount=3)
     with use_compiled(True):

@@ -676,6 +676,71 @@ flat_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return flat;
 }
 
+/* Append `value` to `out` as `width` (4 or 8) bytes, least significant first. */
+static unsigned char *
+put_little_endian(unsigned char *out, uint64_t value, int width)
+{
+    for (int i = 0; i < width; i++) {
+        *out++ = (unsigned char)(value >> (8 * i));
+    }
+    return out;
+}
+
+/*
+ * pack_changes(accounts) -> bytes | None
+ *
+ * The SQLite account log's packed changes (adapters/storage/sqlite_account_log.py, which
+ * defines the format and decodes it): for each account, in order, (id, debits_pending,
+ * debits_posted, credits_pending, credits_posted, flags) as little-endian unsigned ints, all
+ * 4 bytes wide after a b"I" when every value fits 32 bits, else all 8 bytes wide after a b"Q".
+ * None when an account is not a record of 13 exact ints or a value does not fit 64 bits: the
+ * caller packs it in Python, in the 16-byte format.
+ */
+static PyObject *
+pack_changes(PyObject *module, PyObject *accounts)
+{
+    (void)module;
+    static const Py_ssize_t fields[6] = {0, A_DP, A_DPO, A_CP, A_CPO, A_FLAGS};
+    if (!PyList_CheckExact(accounts)) {
+        PyErr_SetString(PyExc_TypeError, "pack_changes takes a list");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(accounts);
+    if (count > PY_SSIZE_T_MAX / 48 - 1) {
+        return PyErr_NoMemory();
+    }
+    uint64_t top = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *account = PyList_GET_ITEM(accounts, index);
+        if (!PyTuple_Check(account) || PyTuple_GET_SIZE(account) != A_FIELDS) {
+            Py_RETURN_NONE;
+        }
+        for (int f = 0; f < 6; f++) {
+            uint64_t value;
+            if (!as_u64(PyTuple_GET_ITEM(account, fields[f]), &value)) {
+                Py_RETURN_NONE;
+            }
+            top |= value;
+        }
+    }
+    int width = top >> 32 == 0 ? 4 : 8;
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, 1 + count * 6 * width);
+    if (packed == NULL) {
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(packed);
+    *out++ = width == 4 ? 'I' : 'Q';
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *account = PyList_GET_ITEM(accounts, index);
+        for (int f = 0; f < 6; f++) {
+            uint64_t value = 0;
+            as_u64(PyTuple_GET_ITEM(account, fields[f]), &value);  /* checked above */
+            out = put_little_endian(out, value, width);
+        }
+    }
+    return packed;
+}
+
 #ifndef PAYCELL_SOURCE_SHA256
 #define PAYCELL_SOURCE_SHA256 "unknown"  /* built other than by setup.py */
 #endif
@@ -712,6 +777,8 @@ static PyMethodDef fastpath_methods[] = {
      "Plain tuples of the records' fields where they fit a signed 64-bit INTEGER."},
     {"flat_chunks", (PyCFunction)(void (*)(void))flat_chunks, METH_FASTCALL,
      "The rows' values, flattened per whole chunk of rows, or None to flatten in Python."},
+    {"pack_changes", pack_changes, METH_O,
+     "The account log's packed changes of the accounts, or None to pack in Python."},
     {"constants", constants, METH_NOARGS, "The field positions and flag bits compiled in."},
     {NULL, NULL, 0, NULL},
 };

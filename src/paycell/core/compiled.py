@@ -3,8 +3,9 @@
 The C module repeats four hot loops of the pure-Python core for large batches: checking that
 events are well-formed, applying plain transfers sure to succeed, formatting the journal's
 transfer records, and listing the accounts a batch updated. Two more are for the SQLite
-adapter: `int64_rows`, the rows it binds, as plain tuples, and `flat_chunks`, those rows
-flattened for its multi-row INSERTs. Each attribute here is that
+adapter: `int64_rows`, the rows it binds, as plain tuples, `flat_chunks`, those rows
+flattened for its multi-row INSERTs, and `pack_changes`, its account log's packed changes.
+Each attribute here is that
 function, or None when the module was not built (no C compiler where paycell was installed)
 or is switched off (`PAYCELL_PURE_PYTHON=1`, which `paycell/__init__.py` reads); the core then
 runs its pure-Python code, which is the definition of every rule and decides the same.
@@ -21,6 +22,7 @@ TransferLines = Callable[[list[Any]], bytes | None]
 UpdatedAccounts = Callable[[dict[int, list[int]], dict[int, Any], type], dict[int, Any] | None]
 Int64Rows = Callable[[list[Any], tuple[int, ...], Callable[[Any], Any]], list[Any]]
 FlatChunks = Callable[[list[Any], int], list[list[Any]] | None]
+PackChanges = Callable[[list[Any]], bytes | None]
 
 
 def _load() -> Any:
@@ -61,6 +63,7 @@ transfer_lines: TransferLines | None = None
 updated_accounts: UpdatedAccounts | None = None
 int64_rows: Int64Rows | None = None
 flat_chunks: FlatChunks | None = None
+pack_changes: PackChanges | None = None
 
 
 def switch(enabled: bool) -> None:
@@ -69,7 +72,7 @@ def switch(enabled: bool) -> None:
     Switching it on needs the module to have been built (`BUILT`).
     """
     global apply_plain, well_formed_prefix, transfer_lines, updated_accounts, int64_rows
-    global flat_chunks
+    global flat_chunks, pack_changes
     if enabled and _module is None:
         raise RuntimeError("paycell.core._fastpath was not built (see docs/performance.md)")
     apply_plain = _module.apply_plain if enabled else None
@@ -78,6 +81,7 @@ def switch(enabled: bool) -> None:
     updated_accounts = _module.updated_accounts if enabled else None
     int64_rows = _module.int64_rows if enabled else None
     flat_chunks = _module.flat_chunks if enabled else None
+    pack_changes = _module.pack_changes if enabled else None
 
 
 def enabled() -> bool:

@@ -42,6 +42,7 @@ from paycell.adapters.storage.sqlite_account_log import (
     ACCOUNT_CHANGES_ACCOUNTS_MAX,
     ACCOUNT_CHANGES_MERGE_EVERY,
     AccountChangeLog,
+    fold_rows_logged_by_schema_4,
 )
 from paycell.adapters.storage.sqlite_inserts import insert_rows
 from paycell.adapters.storage.sqlite_writer_queue import WriterQueue
@@ -61,8 +62,8 @@ from paycell.core.types import (
 
 # Version 2 replaced the two indexes on transfers' accounts with the bulk-filled statement tables;
 # version 3 added the account change log (sqlite_account_log.py); version 4 keys the statement
-# tables by fill.
-SCHEMA_VERSION: Final = 4
+# tables by fill; version 5 logs a batch's account changes as one packed row.
+SCHEMA_VERSION: Final = 5
 _INT64_LIMIT: Final = 1 << 63
 # How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MILLISECONDS: Final = 60_000
@@ -106,14 +107,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     timestamp INTEGER NOT NULL UNIQUE,
     log_generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS account_changes (
+CREATE TABLE IF NOT EXISTS account_log (
     seq INTEGER PRIMARY KEY,
-    id BLOB NOT NULL,
-    debits_pending BLOB NOT NULL,
-    debits_posted BLOB NOT NULL,
-    credits_pending BLOB NOT NULL,
-    credits_posted BLOB NOT NULL,
-    flags INTEGER NOT NULL
+    changes BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accounts_by_user_data_128 ON accounts (user_data_128, timestamp);
 CREATE INDEX IF NOT EXISTS accounts_by_ledger_code ON accounts (ledger, code, timestamp);
@@ -208,7 +204,7 @@ BEGIN SELECT RAISE(ABORT, 'statement_credits is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS accounts_change_through_the_log
 BEFORE UPDATE OF debits_pending, debits_posted, credits_pending, credits_posted, flags
 ON accounts WHEN NEW.log_generation = OLD.log_generation
-BEGIN SELECT RAISE(ABORT, 'balances change through account_changes (schema 3)'); END;
+BEGIN SELECT RAISE(ABORT, 'balances change through the account log (schema 3)'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_update BEFORE UPDATE ON journal
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_is_append_only_delete BEFORE DELETE ON journal
@@ -623,7 +619,6 @@ class SqliteStore(SqlLedgerReads):
         self.account_log = AccountChangeLog(
             ACCOUNT_CHANGES_MERGE_EVERY,
             _account_change_rows,
-            decode,
             _accounts_by_id,
             ACCOUNT_CHANGES_ACCOUNTS_MAX,
         )
@@ -690,6 +685,9 @@ class SqliteStore(SqlLedgerReads):
             if 2 <= version <= 3:
                 # A version 1 file got its statement tables in version 4's shape above.
                 self._key_statement_tables_by_fill()
+            if 3 <= version <= 4:
+                # Versions 1 and 2 had no log: balances were updated in place.
+                fold_rows_logged_by_schema_4(connection)
             connection.execute("UPDATE ledger_meta SET schema_version = ?", (SCHEMA_VERSION,))
             connection.execute("COMMIT")
         except BaseException:
@@ -791,11 +789,11 @@ class SqliteStore(SqlLedgerReads):
                 connection.execute("COMMIT")
 
     @contextmanager
-    def _account_snapshot(self) -> Iterator[AccountChangeLog]:
+    def _account_snapshot(self, *, for_verify: bool = False) -> Iterator[AccountChangeLog]:
         """Accounts read from `accounts` and the log's memory must come from one snapshot:
         another process may write the log back in between."""
         with self._read_transaction():
-            self.account_log.synchronize(self._connection)
+            self.account_log.synchronize(self._connection, for_verify=for_verify)
             yield self.account_log
 
     def meta(self) -> LedgerMeta:
@@ -819,13 +817,17 @@ class SqliteStore(SqlLedgerReads):
         # reads in one snapshot, a read transaction held until the iteration ends: no write on
         # this store can start until then (verify only reads).
         self.account_log.forget()
-        with self._account_snapshot() as account_log:
-            for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
-                yield account_log.patch(_account_from_row(row))
+        try:
+            with self._account_snapshot(for_verify=True) as account_log:
+                for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
+                    yield account_log.patch(_account_from_row(row))
+        finally:
+            # What verify read past (a row that does not unpack) must not stay in memory.
+            self.account_log.forget()
 
     def _account_log_discrepancies(self) -> list[str]:
-        with self._account_snapshot() as account_log:
-            return account_log.discrepancies(self._connection)
+        with self._read_transaction():
+            return self.account_log.discrepancies(self._connection)
 
     def lookup_transfers(self, ids: Collection[int]) -> dict[int, Transfer]:
         return _transfers_by_id(self._connection, ids)
