@@ -410,14 +410,29 @@ well_formed_prefix(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(index);
 }
 
+/* "00" to "99": two decimal digits a division (a timestamp has 19). */
+static const char digit_pairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 /* Decimal digits of `value` written backwards from `end`; returns the first digit. */
 static char *
 digits_before(char *end, uint64_t value)
 {
-    do {
-        *--end = (char)('0' + value % 10);
-        value /= 10;
-    } while (value != 0);
+    while (value >= 100) {
+        const char *pair = digit_pairs + 2 * (value % 100);
+        value /= 100;
+        *--end = pair[1];
+        *--end = pair[0];
+    }
+    if (value >= 10) {
+        const char *pair = digit_pairs + 2 * value;
+        *--end = pair[1];
+        *--end = pair[0];
+    } else {
+        *--end = (char)('0' + value);
+    }
     return end;
 }
 
