@@ -106,16 +106,40 @@ def test_changes_are_packed_in_the_narrowest_width_that_holds_the_largest_value(
     ]
     packed = pack_changes(records)
     assert packed[:1] == format_tag
-    assert len(packed) == 1 + 2 * 6 * width
+    assert len(packed) == 5 + 2 * 6 * width  # the format, the checksum, two changes
     assert [tuple(change) for change in unpack_changes(packed)] == changes_of(records)
 
 
+THREE = [Account(id=n, debits_posted=n * 10, ledger=1, code=1) for n in (1, 2, 3)]
+GOOD = pack_changes(THREE)
+
+
 @pytest.mark.parametrize(
-    "damaged", [b"", b"X" + bytes(24), b"I" + bytes(23), b"Q" + bytes(47), b"W" + bytes(95)]
+    "damaged",
+    [
+        b"",
+        b"I",
+        GOOD[:-1],  # cut short
+        GOOD[: 5 + 2 * 24],  # cut at a change's boundary
+        b"Q" + GOOD[1:],  # the format swapped (the length fits both)
+        GOOD[:10] + bytes([GOOD[10] ^ 1]) + GOOD[11:],  # one bit of a balance flipped
+        GOOD[:1] + bytes(4) + GOOD[5:],  # the checksum zeroed
+        b"X" + GOOD[1:],
+    ],
 )
 def test_bytes_that_are_not_packed_changes_do_not_unpack(damaged: bytes) -> None:
-    with pytest.raises(ValueError, match=r"cut short|not packed"):
+    assert [tuple(change) for change in unpack_changes(GOOD)] == changes_of(THREE)
+    with pytest.raises(ValueError, match=r"not packed|checksum|cut short"):
         list(unpack_changes(damaged))
+
+
+@requires_compiled
+def test_the_compiled_path_packs_accounts_of_64_bit_values_itself() -> None:
+    from paycell.core import compiled
+
+    assert compiled.pack_changes is not None
+    assert compiled.pack_changes(THREE) is not None
+    assert compiled.pack_changes([Account(id=1 << 64, ledger=1, code=1)]) is None
 
 
 @requires_compiled

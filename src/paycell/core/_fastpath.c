@@ -708,7 +708,8 @@ put_little_endian(unsigned char *out, uint64_t value, int width)
  * defines the format and decodes it): for each account, in order, (id, debits_pending,
  * debits_posted, credits_pending, credits_posted, flags) as little-endian unsigned ints, all
  * 4 bytes wide after a b"I" when every value fits 32 bits, else all 8 bytes wide after a b"Q".
- * None when an account is not a record of 13 exact ints or a value does not fit 64 bits: the
+ * The four bytes after the format are left zero: the caller writes the checksum there. None
+ * when an account is not a record of 13 exact ints or a value does not fit 64 bits: the
  * caller packs it in Python, in the 16-byte format.
  */
 static PyObject *
@@ -721,7 +722,7 @@ pack_changes(PyObject *module, PyObject *accounts)
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(accounts);
-    if (count > PY_SSIZE_T_MAX / 48 - 1) {
+    if (count > PY_SSIZE_T_MAX / 48 - 5) {
         return PyErr_NoMemory();
     }
     uint64_t top = 0;
@@ -739,12 +740,14 @@ pack_changes(PyObject *module, PyObject *accounts)
         }
     }
     int width = top >> 32 == 0 ? 4 : 8;
-    PyObject *packed = PyBytes_FromStringAndSize(NULL, 1 + count * 6 * width);
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, 5 + count * 6 * width);
     if (packed == NULL) {
         return NULL;
     }
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(packed);
     *out++ = width == 4 ? 'I' : 'Q';
+    memset(out, 0, 4);  /* the checksum's place */
+    out += 4;
     for (Py_ssize_t index = 0; index < count; index++) {
         PyObject *account = PyList_GET_ITEM(accounts, index);
         for (int f = 0; f < 6; f++) {

@@ -789,11 +789,11 @@ class SqliteStore(SqlLedgerReads):
                 connection.execute("COMMIT")
 
     @contextmanager
-    def _account_snapshot(self, *, for_verify: bool = False) -> Iterator[AccountChangeLog]:
+    def _account_snapshot(self) -> Iterator[AccountChangeLog]:
         """Accounts read from `accounts` and the log's memory must come from one snapshot:
         another process may write the log back in between."""
         with self._read_transaction():
-            self.account_log.synchronize(self._connection, for_verify=for_verify)
+            self.account_log.synchronize(self._connection)
             yield self.account_log
 
     def meta(self) -> LedgerMeta:
@@ -813,17 +813,15 @@ class SqliteStore(SqlLedgerReads):
             return [account_log.patch(_account_from_row(row)) for row in rows]
 
     def all_accounts(self) -> Iterator[Account]:
-        # For `paycell verify`: what the database holds, not what this process remembers. It
-        # reads in one snapshot, a read transaction held until the iteration ends: no write on
-        # this store can start until then (verify only reads).
-        self.account_log.forget()
-        try:
-            with self._account_snapshot(for_verify=True) as account_log:
-                for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
-                    yield account_log.patch(_account_from_row(row))
-        finally:
-            # What verify read past (a row that does not unpack) must not stay in memory.
-            self.account_log.forget()
+        # For `paycell verify`: what the database holds, not what this process remembers,
+        # read into a memory of verify's own (which reads past a row that does not unpack;
+        # the store's memory never does). It reads in one snapshot, a read transaction held
+        # until the iteration ends: no write on this store can start until then.
+        account_log = self.account_log.fresh()
+        with self._read_transaction():
+            account_log.synchronize(self._connection, for_verify=True)
+            for row in self._table_rows("accounts", ACCOUNT_COLUMNS, "id"):
+                yield account_log.patch(_account_from_row(row))
 
     def _account_log_discrepancies(self) -> list[str]:
         with self._read_transaction():

@@ -28,6 +28,7 @@ consistent with its journal.
 
 import sqlite3
 import struct
+import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -53,10 +54,13 @@ ChangeRow = tuple[Any, ...]
 Change = tuple[int, int, int, int, int, int]
 
 # The packed formats, by their first byte: each change is six little-endian unsigned ints of
-# one width, the narrowest that holds every value of the batch.
+# one width, the narrowest that holds every value of the batch. The four bytes after the
+# format are the CRC-32 of the format and the changes, so a row altered or damaged in any
+# way (cut at a change's boundary, its format swapped) does not unpack.
 _FORMATS: Final = {b"I": struct.Struct("<6I"), b"Q": struct.Struct("<6Q")}
 _WIDE: Final = b"W"  # 16 bytes each: a value beyond 64 bits
 _WIDE_SIZE: Final = 6 * 16
+_HEADER: Final = 5  # the format and the checksum
 
 _APPEND: Final = "INSERT INTO account_log (changes) VALUES (?)"
 # Moving `log_generation` is what the trigger `accounts_change_through_the_log` lets through:
@@ -69,7 +73,8 @@ _WRITE_BACK: Final = (
 _WHERE_THE_LOG_IS: Final = (
     "SELECT account_log_generation, (SELECT max(seq) FROM account_log) FROM ledger_meta"
 )
-_READ: Final = "SELECT seq, changes FROM account_log WHERE seq > ? ORDER BY seq"
+# As a BLOB whatever was stored: a row altered to TEXT must fail to unpack, not to decode.
+_READ: Final = "SELECT seq, CAST(changes AS BLOB) FROM account_log WHERE seq > ? ORDER BY seq"
 
 
 class AccountLogDamagedError(PaycellError):
@@ -85,8 +90,17 @@ def pack_changes(accounts: list[Account]) -> bytes:
     if compiled.pack_changes is not None:
         packed = compiled.pack_changes(accounts)
         if packed is not None:
-            return packed
+            # The compiled path leaves the checksum's four bytes at zero.
+            return _with_checksum(packed[:1], memoryview(packed)[_HEADER:])
     return pack_change_tuples([(a[0], a[1], a[2], a[3], a[4], a[11]) for a in accounts])
+
+
+def _checksum(tag: bytes, body: bytes | memoryview) -> bytes:
+    return zlib.crc32(body, zlib.crc32(tag)).to_bytes(4, "little")
+
+
+def _with_checksum(tag: bytes, body: bytes | memoryview) -> bytes:
+    return tag + _checksum(tag, body) + body
 
 
 def pack_change_tuples(changes: Sequence[Change]) -> bytes:
@@ -96,13 +110,17 @@ def pack_change_tuples(changes: Sequence[Change]) -> bytes:
     top = max(values, default=0)
     for tag, layout in _FORMATS.items():
         if top >> (8 * layout.size // 6) == 0:
-            return tag + struct.pack(f"<{len(values)}{tag.decode()}", *values)
-    return _WIDE + b"".join(value.to_bytes(16, "little") for value in values)
+            return _with_checksum(tag, struct.pack(f"<{len(values)}{tag.decode()}", *values))
+    return _with_checksum(_WIDE, b"".join(value.to_bytes(16, "little") for value in values))
 
 
 def unpack_changes(packed: bytes) -> Iterator[Change]:
     """The changes `pack_changes` packed, in order. Raises ValueError on anything else."""
-    tag, body = packed[:1], memoryview(packed)[1:]
+    if not isinstance(packed, bytes) or len(packed) < _HEADER:
+        raise ValueError("not packed account changes (too short)")
+    tag, body = packed[:1], memoryview(packed)[_HEADER:]
+    if packed[1:_HEADER] != _checksum(tag, body):
+        raise ValueError("packed changes do not match their checksum")
     layout = _FORMATS.get(tag)
     if layout is not None:
         if len(body) % layout.size:
@@ -149,6 +167,13 @@ class AccountChangeLog:
         # How many changes the log holds (of generation `_generation`, through `_seen_through`).
         self._changes = 0
 
+    def fresh(self) -> "AccountChangeLog":
+        """An empty memory of the same log: verify reads into one of its own, so that what it
+        reads past (a row that does not unpack) never reaches the memory writes decide on."""
+        return AccountChangeLog(
+            self.merge_every, self._change_rows, self._read_accounts, self.accounts_max
+        )
+
     def forget(self) -> None:
         """Read the whole log again at the next synchronize."""
         self._latest.clear()
@@ -175,6 +200,8 @@ class AccountChangeLog:
         # ACCOUNT_CHANGES_MERGE_EVERY changes) holds one entry per account, not every change.
         changes: dict[int, tuple[int, int, int, int, int]] = {}
         read_through: int | None = None
+        # Counted here and added once all is read: a read that fails midway adds nothing.
+        counted = 0
         for seq, packed in connection.execute(_READ, (self._seen_through,)):
             read_through = seq
             try:
@@ -188,7 +215,7 @@ class AccountChangeLog:
                 ) from None
             for account_id, *change in unpacked:
                 changes[account_id] = change  # type: ignore[assignment]
-            self._changes += len(unpacked)
+            counted += len(unpacked)
         if read_through is None:
             return
         latest = self._latest
@@ -212,6 +239,7 @@ class AccountChangeLog:
                 flags=flags,
             )
         self._seen_through = read_through
+        self._changes += counted
 
     def patch(self, account: Account) -> Account:
         """The account's current state: its logged one if it has any, else as read."""
@@ -271,7 +299,7 @@ class AccountChangeLog:
         exists."""
         found: list[str] = []
         logged: set[int] = set()
-        for seq, packed in connection.execute("SELECT seq, changes FROM account_log"):
+        for seq, packed in connection.execute("SELECT seq, CAST(changes AS BLOB) FROM account_log"):
             try:
                 logged.update(change[0] for change in unpack_changes(packed))
             except (ValueError, TypeError) as error:
@@ -282,11 +310,17 @@ class AccountChangeLog:
         return found
 
 
+def _stored_int(value: int | bytes) -> int:
+    """A value as SQLite stores a 128-bit one: INTEGER, or a 16-byte big-endian BLOB."""
+    return value if isinstance(value, int) else int.from_bytes(value, "big")
+
+
 def fold_rows_logged_by_schema_4(connection: sqlite3.Connection) -> None:
     """Schema 4 to 5: write back what `account_changes` (a row per change) holds, and drop it.
     The latest row of each account is its state; the write-back moves `log_generation`, which
-    the trigger `accounts_change_through_the_log` lets through. Nothing to do where the table
-    is not there."""
+    the trigger `accounts_change_through_the_log` lets through. Rows of an account that does
+    not exist (schema 4's verify named them) go on into `account_log`, where verify names
+    them still. Nothing to do where the table is not there."""
     if not connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'account_changes'"
     ).fetchall():
@@ -297,6 +331,19 @@ def fold_rows_logged_by_schema_4(connection: sqlite3.Connection) -> None:
         "FROM account_changes ORDER BY seq"
     ):
         latest[row[0]] = row
-    connection.executemany(_WRITE_BACK, list(latest.values()))
+    written = connection.executemany(_WRITE_BACK, list(latest.values())).rowcount
+    if written != len(latest):
+        existing = {
+            row[0]
+            for row in connection.execute(
+                "SELECT a.id FROM accounts a WHERE EXISTS "
+                "(SELECT 1 FROM account_changes c WHERE c.id = a.id)"
+            )
+        }
+        orphans = [row for account_id, row in latest.items() if account_id not in existing]
+        connection.execute(
+            _APPEND,
+            (pack_change_tuples([tuple(map(_stored_int, row)) for row in orphans]),),  # type: ignore[misc]
+        )
     connection.execute("DROP TABLE account_changes")
     connection.execute("UPDATE ledger_meta SET account_log_generation = account_log_generation + 1")
