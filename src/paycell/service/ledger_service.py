@@ -178,9 +178,16 @@ class LedgerService:
         return outcome.results
 
     def create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
+        # The batch's records are freed (with the frame below) before the collector runs
+        # again: its first collection would otherwise walk every live container of a large
+        # batch (the dicts and lists of some 8,000 accounts and 8,190 transfers, about 1 ms).
+        with _garbage_collection_paused():
+            return self._create_transfers(events)
+
+    def _create_transfers(self, events: Iterable[Transfer]) -> list[CreateTransferResult]:
         batch = validate_transfers(events)
         committed: list[CommittedBatch] = []
-        with _garbage_collection_paused(), self.unit_of_work(committed) as (unit, meta):
+        with self.unit_of_work(committed) as (unit, meta):
             meta = self.expire_due(unit, meta, committed)
             prefetched = self._prefetch(unit, batch)
             outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
