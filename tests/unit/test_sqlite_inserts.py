@@ -60,3 +60,21 @@ def test_whole_chunks_are_flattened_in_order_and_the_rest_left_out(compiled_path
         assert flat_chunks(rows[: ROWS_PER_INSERT - 1]) == []
         # Rows that are not tuples are flattened too (in Python).
         assert flat_chunks([list(row) for row in rows]) == flat
+
+
+@pytest.mark.parametrize("compiled_path", WITH_COMPILED, ids=WITH_COMPILED_IDS)
+def test_an_upsert_of_rows_given_twice_keeps_the_last_as_one_statement_each_would(
+    connection: sqlite3.Connection, compiled_path: bool
+) -> None:
+    # Keys repeat within a chunk, across chunks and in the rest: each later row updates.
+    rows = [(n % 50, f"v{n}".encode()) for n in range(2 * ROWS_PER_INSERT + 30)]
+    with use_compiled(compiled_path):
+        insert_rows(
+            connection,
+            "INSERT INTO t (a, b)",
+            2,
+            rows,
+            "ON CONFLICT (a) DO UPDATE SET b = excluded.b",
+        )
+    last = dict(rows)
+    assert connection.execute("SELECT a, b FROM t ORDER BY a").fetchall() == sorted(last.items())

@@ -23,20 +23,28 @@ _VARIABLES_MAX: Final = 32_766
 
 
 @cache
-def _statements(insert: str, width: int) -> tuple[str, str]:
-    """(one row, `ROWS_PER_INSERT` rows) statements for `insert`, which ends before VALUES."""
+def _statements(insert: str, width: int, clause: str) -> tuple[str, str]:
+    """(one row, `ROWS_PER_INSERT` rows) statements for `insert`, which ends before VALUES,
+    and `clause`, which follows them."""
     assert ROWS_PER_INSERT * width <= _VARIABLES_MAX, "too many variables for one statement"
     row = "(" + ",".join("?" * width) + ")"
-    return f"{insert} VALUES {row}", f"{insert} VALUES " + ",".join([row] * ROWS_PER_INSERT)
+    rows = ",".join([row] * ROWS_PER_INSERT)
+    return f"{insert} VALUES {row} {clause}", f"{insert} VALUES {rows} {clause}"
 
 
 def insert_rows(
-    connection: sqlite3.Connection, insert: str, width: int, rows: Sequence[Sequence[Any]]
+    connection: sqlite3.Connection,
+    insert: str,
+    width: int,
+    rows: Sequence[Sequence[Any]],
+    clause: str = "",
 ) -> None:
-    """Insert `rows` (each of `width` values) with `insert`, an INSERT up to its VALUES:
-    whole chunks of `ROWS_PER_INSERT` rows as one statement each, the rest one by one. Rows
-    are inserted in order, so rowids assigned by SQLite follow the rows' order."""
-    one_row, many_rows = _statements(insert, width)
+    """Insert `rows` (each of `width` values) with `insert`, an INSERT up to its VALUES, and
+    `clause` after them (an upsert's ON CONFLICT): whole chunks of `ROWS_PER_INSERT` rows as
+    one statement each, the rest one by one. Rows are inserted in order, one after the other
+    as with a statement each, so rowids follow the rows' order and an upsert of a row given
+    twice updates the first."""
+    one_row, many_rows = _statements(insert, width, clause)
     whole = len(rows) - len(rows) % ROWS_PER_INSERT
     for values in flat_chunks(rows):
         connection.execute(many_rows, values)

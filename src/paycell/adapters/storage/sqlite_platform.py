@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any, Final, Generic, TypeVar, get_type_hints
 
 from paycell.adapters.storage.sqlite import SqliteStore, _SqliteWriteUnit
+from paycell.adapters.storage.sqlite_inserts import insert_rows
 from paycell.core.payments.outcomes import Decision
 from paycell.core.payments.records import (
     ChannelRequest,
@@ -70,14 +71,13 @@ class RecordCodec(Generic[R]):
         self.types: tuple[type, ...] = tuple(hints.values())
         self.column_list = ", ".join(self.columns)
         self.select = f"SELECT {self.column_list} FROM {table}"
-        self.insert = (
-            f"INSERT INTO {table} ({self.column_list}) "
-            f"VALUES ({', '.join('?' * len(self.columns))})"
-        )
+        # An INSERT up to its VALUES, and an upsert's clause after them: SQLite's write unit
+        # puts many rows between the two (sqlite_inserts.py).
+        self.insert_head = f"INSERT INTO {table} ({self.column_list})"
+        self.insert = f"{self.insert_head} VALUES ({', '.join('?' * len(self.columns))})"
         updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in primary_key)
-        self.upsert = (
-            f"{self.insert} ON CONFLICT ({', '.join(self.primary_key)}) DO UPDATE SET {updates}"
-        )
+        self.upsert_clause = f"ON CONFLICT ({', '.join(self.primary_key)}) DO UPDATE SET {updates}"
+        self.upsert = f"{self.insert} {self.upsert_clause}"
         self._decoders: tuple[Callable[[Any], Any], ...] = tuple(
             _decoder(kind) for kind in self.types
         )
@@ -528,6 +528,20 @@ class _SqlitePlatformSql:
 
 class _SqlitePlatformWriteUnit(_SqlitePlatformSql, PlatformWrites, _SqliteWriteUnit):
     """The ledger's write unit with the platform's tables: one connection, one transaction."""
+
+    def _write(self, sql: str, codec: RecordCodec[R], records: Sequence[R]) -> None:
+        # Many rows a statement (sqlite_inserts.py): a bulk payment writes an order, an event
+        # and a delivery for each of up to 1,000 payments.
+        if not records:
+            return
+        if sql == codec.insert:
+            clause = ""
+        elif sql == codec.upsert:
+            clause = codec.upsert_clause
+        else:
+            raise ValueError(f"not {codec.table}'s insert or upsert: {sql}")
+        rows = [codec.encode(record) for record in records]
+        insert_rows(self._connection, codec.insert_head, len(codec.columns), rows, clause)
 
 
 class SqlitePlatformStore(_SqlitePlatformSql, PlatformReads, SqliteStore):
