@@ -182,6 +182,28 @@ def test_a_hot_account_is_updated_once_per_group(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (Transfer(2**100, BUYER, SHOP, 500, ledger=1, code=1), R.ID_ALREADY_FAILED),
+        (Transfer(2**100, BUYER, SHOP, 5, ledger=1, code=1), R.EXISTS),
+    ],
+    ids=["failed", "created"],
+)
+def test_an_id_the_group_holds_as_its_highest_is_looked_up_again(
+    grouped: tuple[LedgerStore, LedgerService], first: Transfer, again: R
+) -> None:
+    # The highest id the database holds is 1: the group's own ids must count, or the second
+    # command would take its id for new and skip the lookups.
+    _, service = grouped
+    committed: list[CommittedBatch] = []
+    with service.grouped_unit_of_work(committed) as (unit, meta):
+        holder: list[LedgerMeta] = [meta]
+        assert _apply(service, unit, committed, [first], holder) in ([R.OK], [R.EXCEEDS_CREDITS])
+        replay = first._replace(amount=5)
+        assert _apply(service, unit, committed, [replay], holder) == [again]
+
+
 def test_a_group_that_fails_midway_writes_nothing(
     grouped: tuple[LedgerStore, LedgerService],
 ) -> None:

@@ -51,15 +51,32 @@ def test_a_row_that_breaks_a_constraint_fails_the_insert(
 def test_whole_chunks_are_flattened_in_order_and_the_rest_left_out(compiled_path: bool) -> None:
     rows = [(n, str(n), None) for n in range(2 * ROWS_PER_INSERT + 1)]
     with use_compiled(compiled_path):
-        flat = flat_chunks(rows)
+        flat = flat_chunks(rows, 3)
     assert flat == [
         [value for row in rows[:ROWS_PER_INSERT] for value in row],
         [value for row in rows[ROWS_PER_INSERT : 2 * ROWS_PER_INSERT] for value in row],
     ]
     with use_compiled(compiled_path):
-        assert flat_chunks(rows[: ROWS_PER_INSERT - 1]) == []
-        # Rows that are not tuples are flattened too (in Python).
-        assert flat_chunks([list(row) for row in rows]) == flat
+        assert flat_chunks(rows[: ROWS_PER_INSERT - 1], 3) == []
+        # Rows that are not tuples are flattened too (in Python), one or all of them.
+        assert flat_chunks([list(row) for row in rows], 3) == flat
+        one_list = [*rows[:5], list(rows[5]), *rows[6:]]
+        assert flat_chunks(one_list, 3) == flat
+
+
+@pytest.mark.parametrize("compiled_path", WITH_COMPILED, ids=WITH_COMPILED_IDS)
+@pytest.mark.parametrize("at", [0, 7, ROWS_PER_INSERT + 3, 2 * ROWS_PER_INSERT + 1])
+def test_a_row_of_another_width_fails_the_insert_as_one_row_a_statement_would(
+    connection: sqlite3.Connection, compiled_path: bool, at: int
+) -> None:
+    # Flattened, a short row would shift every later value into the wrong column.
+    rows: list[tuple[object, ...]] = [(n, b"") for n in range(2 * ROWS_PER_INSERT + 5)]
+    rows[at] = (at,)
+    connection.execute("BEGIN")
+    with use_compiled(compiled_path), pytest.raises(sqlite3.ProgrammingError):
+        insert_rows(connection, "INSERT INTO t (a, b)", 2, rows)
+    connection.execute("ROLLBACK")
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("compiled_path", WITH_COMPILED, ids=WITH_COMPILED_IDS)

@@ -635,58 +635,62 @@ int64_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /*
- * flat_chunks(rows, chunk) -> list | None
+ * flat_chunks(rows, chunk, width) -> list | None
  *
  * [[*rows[i], ..., *rows[i + chunk - 1]] for each whole chunk of `chunk` rows, in order]: the
  * values each multi-row INSERT binds, with the rest (fewer than `chunk` rows) left out. None
- * when a row is not a tuple: the caller flattens in Python.
+ * when a row of a whole chunk is not a tuple of `width` values: the caller flattens in Python
+ * (and refuses a row of another width).
  */
 static PyObject *
 flat_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "flat_chunks takes a list and a chunk size");
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) ||
+        !PyLong_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "flat_chunks takes a list, a chunk size and a width");
         return NULL;
     }
     PyObject *rows = args[0];
     Py_ssize_t chunk = PyLong_AsSsize_t(args[1]);
-    if (chunk <= 0) {
+    Py_ssize_t width = PyLong_AsSsize_t(args[2]);
+    if (chunk <= 0 || width <= 0 || chunk > PY_SSIZE_T_MAX / width) {
         if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "the chunk size is positive");
+            PyErr_SetString(PyExc_ValueError, "the chunk size and the width are positive");
         }
         return NULL;
     }
     Py_ssize_t chunks = PyList_GET_SIZE(rows) / chunk;
-    for (Py_ssize_t index = 0; index < chunks * chunk; index++) {
-        if (!PyTuple_CheckExact(PyList_GET_ITEM(rows, index))) {
-            Py_RETURN_NONE;
-        }
-    }
     PyObject *flat = PyList_New(chunks);
     if (flat == NULL) {
         return NULL;
     }
     for (Py_ssize_t c = 0; c < chunks; c++) {
-        Py_ssize_t values = 0;
-        for (Py_ssize_t r = c * chunk; r < (c + 1) * chunk; r++) {
-            values += PyTuple_GET_SIZE(PyList_GET_ITEM(rows, r));
-        }
-        PyObject *values_list = PyList_New(values);
-        if (values_list == NULL) {
+        PyObject *values = PyList_New(chunk * width);
+        if (values == NULL) {
             Py_DECREF(flat);
             return NULL;
+        }
+        PyList_SET_ITEM(flat, c, values);  /* freed with `flat` from here on */
+        /* Checked as copied, after the allocations: one can run a collection, whose
+         * finalizers could change `rows`. */
+        if (PyList_GET_SIZE(rows) < (c + 1) * chunk) {
+            Py_DECREF(flat);
+            Py_RETURN_NONE;
         }
         Py_ssize_t at = 0;
         for (Py_ssize_t r = c * chunk; r < (c + 1) * chunk; r++) {
             PyObject *row = PyList_GET_ITEM(rows, r);
-            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(row); i++) {
+            if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != width) {
+                Py_DECREF(flat);
+                Py_RETURN_NONE;
+            }
+            for (Py_ssize_t i = 0; i < width; i++) {
                 PyObject *value = PyTuple_GET_ITEM(row, i);
                 Py_INCREF(value);
-                PyList_SET_ITEM(values_list, at++, value);
+                PyList_SET_ITEM(values, at++, value);
             }
         }
-        PyList_SET_ITEM(flat, c, values_list);
     }
     return flat;
 }

@@ -21,7 +21,7 @@ WellFormedPrefix = Callable[[list[Any], type], int]
 TransferLines = Callable[[list[Any]], bytes | None]
 UpdatedAccounts = Callable[[dict[int, list[int]], dict[int, Any], type], dict[int, Any] | None]
 Int64Rows = Callable[[list[Any], tuple[int, ...], Callable[[Any], Any]], list[Any]]
-FlatChunks = Callable[[list[Any], int], list[list[Any]] | None]
+FlatChunks = Callable[[list[Any], int, int], list[list[Any]] | None]
 PackChanges = Callable[[list[Any]], bytes | None]
 
 

@@ -46,21 +46,28 @@ def insert_rows(
     twice updates the first."""
     one_row, many_rows = _statements(insert, width, clause)
     whole = len(rows) - len(rows) % ROWS_PER_INSERT
-    for values in flat_chunks(rows):
+    for values in flat_chunks(rows, width):
         connection.execute(many_rows, values)
     if whole < len(rows):
         connection.executemany(one_row, rows[whole:])
 
 
-def flat_chunks(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+def flat_chunks(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     """The values of each whole chunk of `ROWS_PER_INSERT` rows, flattened in order (the rest
-    of the rows left out): in one C pass where the compiled path is on."""
+    of the rows left out): in one C pass where the compiled path is on. Every row of a whole
+    chunk must have `width` values: flattened, a row of another width would shift the rest
+    into the wrong columns, where one row a statement fails (sqlite3.ProgrammingError)."""
     if compiled.flat_chunks is not None and type(rows) is list:
-        flat = compiled.flat_chunks(rows, ROWS_PER_INSERT)
+        flat = compiled.flat_chunks(rows, ROWS_PER_INSERT, width)
         if flat is not None:
             return flat
-    flatten = chain.from_iterable
     whole = len(rows) - len(rows) % ROWS_PER_INSERT
+    for index in range(whole):
+        if len(rows[index]) != width:
+            raise sqlite3.ProgrammingError(
+                f"row {index} has {len(rows[index])} values, not {width}"
+            )
+    flatten = chain.from_iterable
     return [
         list(flatten(rows[start : start + ROWS_PER_INSERT]))
         for start in range(0, whole, ROWS_PER_INSERT)
