@@ -4,8 +4,11 @@ The statement contract itself (order, ranges, filters, paging) runs in tests/con
 with the default tail and with a short one; these tests pin the layout underneath.
 """
 
+import contextlib
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,7 @@ from paycell.adapters.cli.main import main as cli_main
 from paycell.adapters.storage import ledger_queries
 from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION, SchemaVersionError
+from paycell.core.limits import BATCH_EVENTS_MAX
 from tests.integration.sqlite_files import rows
 
 CNY = 156
@@ -62,14 +66,15 @@ def statement(
     return [t.id for t in found]
 
 
-def test_the_tail_is_indexed_by_the_batch_that_fills_it(
+def test_a_full_tail_is_indexed_by_the_next_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
     path = tmp_path / "ledger.db"
     with open_ledger_with_traffic(path, 10):
         pass
-    # Batches 4 and 8 filled the tail; transfers 9 and 10 wait in it.
+    # Batches 4 and 8 filled the tail, and batches 5 and 9 indexed it (on a helper thread,
+    # while their own transfers were decided); transfers 9 and 10 wait in it.
     last_indexed = rows(path, "SELECT timestamp FROM transfers WHERE id = 8")[0][0]
     assert rows(path, "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta") == [
         (last_indexed, 2)
@@ -90,6 +95,59 @@ def test_the_tail_is_indexed_by_the_batch_that_fills_it(
         assert rows(path, fill_of_each.format(table)) == [
             (n, 1 if n <= 4 else 2) for n in range(1, 9)
         ]
+
+
+def test_a_due_fill_runs_on_a_helper_thread_and_its_failure_fails_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    index_tail = sqlite_storage._index_statement_tail
+    threads: list[str] = []
+    failing: list[OSError] = []
+
+    def recorded(*arguments: Any) -> None:
+        threads.append(threading.current_thread().name)
+        if failing:
+            raise failing.pop()
+        index_tail(*arguments)
+
+    monkeypatch.setattr(sqlite_storage, "_index_statement_tail", recorded)
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, TAIL) as ledger:
+        failing.append(OSError("disk full"))
+        fifth = Transfer(5, 1, 2, 5, ledger=CNY, code=1)
+        with pytest.raises(OSError, match="disk full"):
+            ledger.create_transfers([fifth])  # the batch after the tail filled
+        assert threads == ["paycell-statement-fill"]
+        assert ledger.lookup_transfers([5]) == []  # the batch rolled back with its fill
+        assert rows(path, "SELECT count(*) FROM statement_fills") == [(0,)]
+        assert [r.value for r in ledger.create_transfers([fifth])] == ["ok"]
+        assert threads == ["paycell-statement-fill"] * 2
+        assert rows(path, "SELECT count(*) FROM statement_fills") == [(1,)]
+        assert statement(ledger, 1) == [1, 2, 3, 4, 5]
+        assert ledger.verify().ok
+    assert "paycell-statement-fill" not in {t.name for t in threading.enumerate()}
+
+
+def test_writes_that_do_not_fill_beside_the_core_fill_one_batch_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The platform's writes do not call `computing`: their batch fills the tail itself, once
+    # it holds a batch more than the threshold.
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    monkeypatch.setattr(
+        sqlite_storage._SqliteWriteUnit, "computing", lambda self: contextlib.nullcontext()
+    )
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 0) as ledger:
+        full = [Transfer(n, 1, 2, 1, ledger=CNY, code=1) for n in range(1, BATCH_EVENTS_MAX + 1)]
+        assert {r.value for r in ledger.create_transfers(full)} == {"ok"}
+        assert rows(path, "SELECT count(*) FROM statement_fills") == [(0,)]
+        more = [Transfer(n, 2, 1, 1, ledger=CNY, code=1) for n in range(10_001, 10_005)]
+        assert {r.value for r in ledger.create_transfers(more)} == {"ok"}
+        assert rows(path, "SELECT count(*), sum(through > 0) FROM statement_fills") == [(1, 1)]
+        assert rows(path, "SELECT statement_unindexed FROM ledger_meta") == [(0,)]
+        assert ledger.verify().ok
 
 
 @pytest.mark.parametrize("newest_first", [False, True])

@@ -190,7 +190,9 @@ class LedgerService:
         with self.unit_of_work(committed) as (unit, meta):
             meta = self.expire_due(unit, meta, committed)
             prefetched = self._prefetch(unit, batch)
-            outcome = state_machine.create_transfers(batch, prefetched, meta, self.clock())
+            now = self.clock()
+            with unit.computing():
+                outcome = state_machine.create_transfers(batch, prefetched, meta, now)
             if outcome.committed is not None:
                 unit.save(outcome.committed)
                 committed.append(outcome.committed)

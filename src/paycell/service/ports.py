@@ -56,6 +56,12 @@ class WriteUnit(Protocol):
         """Write every row of the batch and advance the ledger meta; not yet committed."""
         ...
 
+    def computing(self) -> AbstractContextManager[None]:
+        """Wraps the pure core's run over a batch, after its reads and before its writes: the
+        store may meanwhile do work of its own in this transaction, on another core (SQLite
+        fills its statement index). Call nothing else of the unit inside."""
+        ...
+
 
 class LedgerStore(Protocol):
     """A ledger database. One instance per process; safe to share across processes."""

@@ -23,7 +23,7 @@ per row, since every column of a transfer, an account or a balance row is an int
 
 import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 
 import psycopg
@@ -252,6 +252,9 @@ class _PostgresWriteUnit:
             (_id_array(ids),),
         ).fetchall()
         return {row[0]: row[1] for row in rows}
+
+    def computing(self) -> AbstractContextManager[None]:
+        return nullcontext()  # PostgreSQL indexes statements as it writes.
 
     def highest_transfer_id(self) -> int:
         # Each max() reads one end of a primary key index.
