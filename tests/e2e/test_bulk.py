@@ -3,6 +3,7 @@ with buyers' one-time payment codes."""
 
 from typing import Any
 
+from paycell.adapters.alipay.store import GatewayStore, PaymentCode
 from paycell.adapters.http.bulk import BULK_ITEMS_MAX
 from tests.e2e.conftest import Party, World
 
@@ -155,3 +156,62 @@ def test_bulk_pay_with_an_idempotency_key_replays(sqlite_world: World) -> None:
     assert second.headers.get("Idempotent-Replayed") == "true"
     assert first.json() == second.json()
     assert world.wallet(alice) == 9_00
+
+
+def test_bulk_pay_refuses_expired_and_used_codes_and_pays_with_the_rest(world: World) -> None:
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 100_00)
+    expired = _code(world, alice)
+    world.clock.advance(121)  # codes live 120 s
+    used = _code(world, alice)
+    assert [r["code"] for r in _bulk(world, shop, [
+        {"out_trade_no": "U-1", "amount": 1_00, "payment_code": used},
+    ]).json()["results"]] == ["ok"]  # fmt: skip
+    fresh = _code(world, alice)
+    response = _bulk(
+        world,
+        shop,
+        [
+            {"out_trade_no": "E-1", "amount": 2_00, "payment_code": expired},
+            {"out_trade_no": "E-2", "amount": 3_00, "payment_code": used},  # a new order
+            {"out_trade_no": "E-3", "amount": 4_00, "payment_code": fresh},
+        ],
+    )
+    assert [(r["status"], r["code"]) for r in response.json()["results"]] == [
+        (422, "invalid_payment_code"),
+        (422, "invalid_payment_code"),
+        (201, "ok"),
+    ]
+    assert world.wallet(alice) == 100_00 - 1_00 - 4_00
+    for number in ("E-1", "E-2"):
+        assert world.platform.get_order_by_out_trade_no(shop.id, number) is None
+
+
+def test_each_payment_code_is_taken_once_across_connections(database_url: str) -> None:
+    """The bulk endpoint looks codes up and takes them a request at a time: a code taken by
+    another connection, expired, or unknown is left out of what a request takes."""
+    store, other = GatewayStore(database_url), GatewayStore(database_url)
+    try:
+        # More codes than one IN list holds (500), so the lookups run in several chunks.
+        many = [f"28{n:016d}" for n in range(1_201)]
+        for code in [*many, "expired"]:
+            store.add_payment_code(PaymentCode(code, 7, 100 if code == "expired" else 1_000, 0, 0))
+        assert other.use_payment_codes([many[0], many[1]], now=500) == {many[0], many[1]}
+        taken = store.use_payment_codes([*many, "expired", "unknown"], now=500)
+        assert taken == set(many[2:])
+        assert store.use_payment_codes(many, now=600) == set()  # all used now
+        store.release_payment_codes([many[0], many[5]])
+        assert store.use_payment_codes(many, now=700) == {many[0], many[5]}
+        store.payment_codes_paid([(many[0], 41), (many[5], 42)])
+        found = store.payment_codes([many[0], many[5], many[9], "expired", "unknown"])
+        assert {code: (c.used_at, c.order_id) for code, c in found.items()} == {
+            many[0]: (700, 41),
+            many[5]: (700, 42),
+            many[9]: (500, 0),
+            "expired": (0, 0),
+        }
+        assert len(store.payment_codes(many)) == len(many)
+    finally:
+        store.close()
+        other.close()

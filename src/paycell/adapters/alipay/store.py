@@ -21,6 +21,8 @@ from typing import Any, Final, cast
 from paycell.adapters.storage.factory import is_postgres_url
 
 BUSY_TIMEOUT_MILLISECONDS: Final = 10_000
+# Values per `IN (...)` list: well under SQLite's 32,766 variables and PostgreSQL's 65,535.
+_IN_LIST_CHUNK: Final = 500
 
 PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
@@ -179,6 +181,34 @@ class GatewayStore:
             sqlite_cursor = self._sqlite.execute(sql, tuple(params))
             return list(sqlite_cursor.fetchall()), sqlite_cursor.rowcount
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            if self._postgres:
+                with self._pg.cursor() as cursor:
+                    cursor.executemany(sql.replace("?", "%s"), rows)
+            else:
+                self._sqlite.executemany(sql, rows)
+
+    def _execute_chunked(
+        self,
+        sql_with_list: str,
+        values: Sequence[object],
+        before: Sequence[object] = (),
+        after: Sequence[object] = (),
+    ) -> list[Any]:
+        """The rows of `sql_with_list` run for `values` in chunks: its `{list}` becomes each
+        chunk's placeholders, bound between the parameters `before` and `after` it."""
+        rows: list[Any] = []
+        for start in range(0, len(values), _IN_LIST_CHUNK):
+            chunk = values[start : start + _IN_LIST_CHUNK]
+            found, _ = self._execute(
+                sql_with_list.format(list=", ".join("?" * len(chunk))), (*before, *chunk, *after)
+            )
+            rows.extend(found)
+        return rows
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Statements inside run in one transaction (nested calls join the outer one)."""
@@ -301,32 +331,54 @@ class GatewayStore:
         )
 
     def payment_code(self, code: str) -> PaymentCode | None:
-        rows, _ = self._execute(
+        return self.payment_codes([code]).get(code)
+
+    def payment_codes(self, codes: Sequence[str]) -> dict[str, PaymentCode]:
+        """The known codes among `codes`, by code (a bulk request looks its codes up at once)."""
+        rows = self._execute_chunked(
             "SELECT code, user_id, expires_at, used_at, order_id FROM alipay_payment_codes "
-            "WHERE code = ?",
-            (code,),
+            "WHERE code IN ({list})",
+            codes,
         )
-        if not rows:
-            return None
-        row = rows[0]
-        return PaymentCode(row[0], int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+        return {
+            row[0]: PaymentCode(row[0], int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+            for row in rows
+        }
 
     def use_payment_code(self, code: str, now: int) -> bool:
         """Take an unused, unexpired code; False if it was taken or has expired."""
-        _, count = self._execute(
+        return code in self.use_payment_codes([code], now)
+
+    def use_payment_codes(self, codes: Sequence[str], now: int) -> set[str]:
+        """Take each unused, unexpired code among `codes`; the set of codes taken. A code
+        another transaction took first (PostgreSQL re-checks it after that one's commit) is
+        not in the set."""
+        rows = self._execute_chunked(
             "UPDATE alipay_payment_codes SET used_at = ? "
-            "WHERE code = ? AND used_at = 0 AND expires_at > ?",
-            (now, code, now),
+            "WHERE code IN ({list}) AND used_at = 0 AND expires_at > ? RETURNING code",
+            codes,
+            before=(now,),
+            after=(now,),
         )
-        return count == 1
+        return {row[0] for row in rows}
 
     def release_payment_code(self, code: str) -> None:
         """Give back a code whose payment was refused (a rejected call changes nothing)."""
-        self._execute("UPDATE alipay_payment_codes SET used_at = 0 WHERE code = ?", (code,))
+        self.release_payment_codes([code])
+
+    def release_payment_codes(self, codes: Sequence[str]) -> None:
+        self._execute_many(
+            "UPDATE alipay_payment_codes SET used_at = 0 WHERE code = ?", [(c,) for c in codes]
+        )
 
     def payment_code_paid(self, code: str, order_id: int) -> None:
-        self._execute(
-            "UPDATE alipay_payment_codes SET order_id = ? WHERE code = ?", (order_id, code)
+        self.payment_codes_paid([(code, order_id)])
+
+    def payment_codes_paid(self, paid: Sequence[tuple[str, int]]) -> None:
+        """Record which order each (code, order id) paid."""
+        self._execute_many(
+            "UPDATE alipay_payment_codes SET order_id = ? WHERE code = ?",
+            [(order_id, code) for code, order_id in paid],
         )
 
     # ---------------------------------------------------------------------------- bills

@@ -20,6 +20,7 @@ At most BULK_ITEMS_MAX items (413 too_many_items) and BULK_BODY_LIMIT_BYTES byte
 from typing import Any, Final
 
 from paycell.adapters.alipay.gateway import AlipayGateway
+from paycell.adapters.alipay.store import PaymentCode
 from paycell.adapters.http import render
 from paycell.adapters.http.auth import Role
 from paycell.adapters.http.errors import (
@@ -46,6 +47,7 @@ PAYMENT_CODE_LENGTH_MAX: Final = 32
 INVALID_PAYMENT_CODE: Final = "invalid_payment_code"
 DUPLICATE_ITEM: Final = "duplicate_item"
 OK: Final = "ok"
+_INVALID_CODE: Final = "the payment code is invalid, used or expired"
 
 ITEM_FIELDS: Final = (
     Field(
@@ -166,48 +168,103 @@ def _parse_item(value: object) -> dict[str, object]:
 
 
 def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation, ...]:
-    def reserve_one(
-        call: Call, item: dict[str, object]
-    ) -> tuple[dict[str, object], bool] | tuple[OrderPayment, str]:
-        """Check one item and take its payment code; an item already paid with this code
-        answers at once (a replay): ((order, True)); otherwise (payment, code)."""
-        platform = call.platform
-        merchant_id = call.caller.party_id
-        out_trade_no = str(item["out_trade_no"])
-        amount = item["amount"]
-        assert isinstance(amount, int)
-        currency = str(item.get("currency") or "CNY").upper()
-        if currency not in platform.config.currencies:
-            raise _refused(
-                PaymentError.UNSUPPORTED_CURRENCY, f"currency {currency!r} is not enabled"
-            )
-        code_text = str(item["payment_code"])
-        store = gateway.store
-        now = platform.clock()
-        code = store.payment_code(code_text)
-        existing = platform.get_order_by_out_trade_no(merchant_id, out_trade_no)
+    def checked_items(
+        call: Call, items: list[object], results: list[dict[str, object]]
+    ) -> list[tuple[dict[str, object], dict[str, object]]]:
+        """Each item's form, uniqueness and currency checked: (result, item) for those that
+        passed; the others' results say why they did not."""
+        enabled = call.platform.config.currencies
+        seen_numbers: set[str] = set()
+        seen_codes: set[str] = set()
+        passed: list[tuple[dict[str, object], dict[str, object]]] = []
+        for index, raw_item in enumerate(items):
+            number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
+            result: dict[str, object] = {
+                "index": index,
+                "out_trade_no": number if isinstance(number, str) else "",
+                "replayed": False,
+                "order": None,
+            }
+            results.append(result)
+            try:
+                item = _parse_item(raw_item)
+                key = str(item["out_trade_no"])
+                code_text = str(item["payment_code"])
+                if key in seen_numbers or code_text in seen_codes:
+                    raise _ItemError(
+                        DUPLICATE_ITEM, "out_trade_no or payment_code repeats an earlier item", 422
+                    )
+                seen_numbers.add(key)
+                seen_codes.add(code_text)
+                currency = str(item.get("currency") or "CNY").upper()
+                if currency not in enabled:
+                    raise _refused(
+                        PaymentError.UNSUPPORTED_CURRENCY, f"currency {currency!r} is not enabled"
+                    )
+                item["currency"] = currency
+            except _ItemError as problem:
+                result.update(status=problem.status, code=problem.code, message=problem.message)
+                continue
+            passed.append((result, item))
+        return passed
+
+    def replayed_order(
+        call: Call, item: dict[str, object], code: PaymentCode
+    ) -> dict[str, object] | None:
+        """The order this used code already paid for this very item, if it did (a resent
+        item answers its paid order again)."""
+        existing = call.platform.get_order_by_out_trade_no(
+            call.caller.party_id, str(item["out_trade_no"])
+        )
         if (
-            code is not None
-            and code.used_at
-            and existing is not None
+            existing is not None
             and code.order_id == existing.id
             and existing.buyer_id == code.user_id
-            and existing.amount == amount
+            and existing.amount == item["amount"]
             and existing.status is not OrderStatus.WAIT_BUYER_PAY
         ):
-            return render.record(existing, "order"), True
-        if code is None or code.used_at or code.expires_at <= now:
-            raise _ItemError(
-                INVALID_PAYMENT_CODE, "the payment code is invalid, used or expired", 422
+            return render.record(existing, "order")
+        return None
+
+    def reserve(
+        call: Call, checked: list[tuple[dict[str, object], dict[str, object]]]
+    ) -> list[tuple[dict[str, object], OrderPayment, str]]:
+        """Take the payment codes of the checked items, all in the caller's transaction of
+        the gateway's store, with one lookup and one update for the whole request. Items
+        already paid with their code answer at once (replayed); items whose code is unknown,
+        used or expired answer invalid_payment_code. The rest: (result, payment, code)."""
+        store = gateway.store
+        now = call.platform.clock()
+        codes = store.payment_codes([str(item["payment_code"]) for _, item in checked])
+        usable: list[tuple[dict[str, object], dict[str, object], PaymentCode]] = []
+        for result, item in checked:
+            code = codes.get(str(item["payment_code"]))
+            if code is not None and code.used_at:
+                replay = replayed_order(call, item, code)
+                if replay is not None:
+                    result.update(status=200, code=OK, message="paid", replayed=True, order=replay)
+                    continue
+            if code is None or code.used_at or code.expires_at <= now:
+                result.update(status=422, code=INVALID_PAYMENT_CODE, message=_INVALID_CODE)
+                continue
+            usable.append((result, item, code))
+        taken = store.use_payment_codes([code.code for _, _, code in usable], now)
+        reserved: list[tuple[dict[str, object], OrderPayment, str]] = []
+        for result, item, code in usable:
+            if code.code not in taken:  # another request took it in the meantime
+                result.update(status=422, code=INVALID_PAYMENT_CODE, message=_INVALID_CODE)
+                continue
+            amount = item["amount"]
+            assert isinstance(amount, int)
+            payment = OrderPayment(
+                str(item["out_trade_no"]),
+                amount,
+                code.user_id,
+                str(item["currency"]),
+                str(item.get("subject", "")),
             )
-        if not store.use_payment_code(code_text, now):
-            raise _ItemError(
-                INVALID_PAYMENT_CODE, "the payment code is invalid, used or expired", 422
-            )
-        payment = OrderPayment(
-            out_trade_no, amount, code.user_id, currency, str(item.get("subject", ""))
-        )
-        return payment, code_text
+            reserved.append((result, payment, code.code))
+        return reserved
 
     def bulk_pay(call: Call) -> Reply:
         data = parse_json_object(call.raw_body)
@@ -222,48 +279,12 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
                 TOO_MANY_ITEMS, f"items: at most {BULK_ITEMS_MAX} per request, got {len(items)}"
             )
         results: list[dict[str, object]] = []
-        seen_numbers: set[str] = set()
-        seen_codes: set[str] = set()
-        # Items that passed their checks and hold their payment code, paid below as one group.
-        reserved: list[tuple[dict[str, object], OrderPayment, str]] = []
+        checked = checked_items(call, items, results)
         # The payment codes are taken in one transaction of the gateway's store, and marked
         # paid or given back in another: two commits for the whole request, not two per item.
         # No platform write happens while that store's transaction is open.
         with gateway.store.transaction():
-            for index, raw_item in enumerate(items):
-                number = raw_item.get("out_trade_no") if isinstance(raw_item, dict) else None
-                result: dict[str, object] = {
-                    "index": index,
-                    "out_trade_no": number if isinstance(number, str) else "",
-                    "replayed": False,
-                    "order": None,
-                }
-                results.append(result)
-                try:
-                    item = _parse_item(raw_item)
-                    key = str(item["out_trade_no"])
-                    code_text = str(item["payment_code"])
-                    if key in seen_numbers or code_text in seen_codes:
-                        raise _ItemError(
-                            DUPLICATE_ITEM,
-                            "out_trade_no or payment_code repeats an earlier item",
-                            422,
-                        )
-                    seen_numbers.add(key)
-                    seen_codes.add(code_text)
-                    outcome = reserve_one(call, item)
-                except _ItemError as problem:
-                    result.update(status=problem.status, code=problem.code, message=problem.message)
-                    continue
-                if isinstance(outcome[0], OrderPayment):
-                    payment, code_text = outcome
-                    assert isinstance(payment, OrderPayment)
-                    assert isinstance(code_text, str)
-                    reserved.append((result, payment, code_text))
-                else:
-                    result.update(
-                        status=200, code=OK, message="paid", replayed=True, order=outcome[0]
-                    )
+            reserved = reserve(call, checked)
         # One unit of work and one commit for every reserved payment (group commit); each
         # still applies wholly or not at all.
         try:
@@ -273,25 +294,28 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
         except BaseException:
             # The group rolled back whole: give every code back before reporting the failure.
             with gateway.store.transaction():
-                for _result, _payment, code_text in reserved:
-                    gateway.store.release_payment_code(code_text)
+                gateway.store.release_payment_codes([code for _, _, code in reserved])
             raise
+        refused_codes: list[str] = []
+        paid_codes: list[tuple[str, int]] = []
+        for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
+            if decision.error is not None:
+                refused_codes.append(code_text)
+                refusal = _refused(decision.error, decision.message)
+                result.update(status=refusal.status, code=refusal.code, message=refusal.message)
+                continue
+            paid_order = decision.orders[0]
+            paid_codes.append((code_text, paid_order.id))
+            result.update(
+                status=200 if decision.replayed else 201,
+                code=OK,
+                message="paid",
+                replayed=decision.replayed,
+                order=render.record(paid_order, "order"),
+            )
         with gateway.store.transaction():
-            for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
-                if decision.error is not None:
-                    gateway.store.release_payment_code(code_text)
-                    refusal = _refused(decision.error, decision.message)
-                    result.update(status=refusal.status, code=refusal.code, message=refusal.message)
-                    continue
-                paid_order = decision.orders[0]
-                gateway.store.payment_code_paid(code_text, paid_order.id)
-                result.update(
-                    status=200 if decision.replayed else 201,
-                    code=OK,
-                    message="paid",
-                    replayed=decision.replayed,
-                    order=render.record(paid_order, "order"),
-                )
+            gateway.store.release_payment_codes(refused_codes)
+            gateway.store.payment_codes_paid(paid_codes)
         paid = 0
         for result in results:
             metrics.bulk_items(str(result["code"]))
