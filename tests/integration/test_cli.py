@@ -439,6 +439,28 @@ def test_bench_prints_one_json_line_per_configuration(
     assert "sqlite batch_size=1 pattern=random" in err
 
 
+def test_bench_machine_line_says_how_fast_the_machine_is_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(
+        capsys, "bench", "ledger", "--backend", "sqlite", "--batch-sizes", "5",
+        "--transfers", "10", "--runs", "1", "--accounts", "10", "--patterns", "hot", "--machine",
+    )  # fmt: skip
+    assert code == 0, err
+    machine, ledger = (json.loads(line) for line in out)
+    assert machine["bench"] == "machine"
+    assert machine["cpus"] >= 1
+    assert machine["python_loop_seconds"] > 0
+    assert len(machine["sqlite_inserts_per_second_runs"]) == 3
+    assert min(machine["sqlite_inserts_per_second_runs"]) > 0
+    assert (
+        machine["sqlite_inserts_per_second"] == sorted(machine["sqlite_inserts_per_second_runs"])[1]
+    )
+    assert machine["sqlite_commit_ms_median"] > 0
+    assert (ledger["bench"], ledger["pattern"]) == ("ledger", "hot")
+    assert "how fast this machine is" in err
+
+
 def _subprocess_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
 

@@ -15,11 +15,20 @@ configuration:
 
 Patterns: `random` moves money between two random accounts among `--accounts`; `hot` credits
 one account with every transfer (a merchant on a sales peak) from random debit accounts.
+
+With `--machine`, a first line (`"bench": "machine"`) says how fast the machine is at that
+moment, so runs on different days (or on a busy shared machine) can be read against each
+other: `python_loop_seconds` (ten million additions in a Python loop, the interpreter's
+speed), `sqlite_inserts_per_second` (plain multi-column rows in batches of 8,190, one
+transaction each, WAL with synchronous=FULL: SQLite and the disk with no ledger around them)
+and `sqlite_commit_ms_median` (a one-row commit: mostly the fsync).
 """
 
 import json
+import os
 import random
 import resource
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -61,6 +70,7 @@ class BenchSettings:
     accounts: int = DEFAULT_ACCOUNTS
     min_seconds: float = DEFAULT_MIN_SECONDS
     seed: int = 1
+    machine: bool = False
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -178,6 +188,63 @@ def run_configuration(
     }
 
 
+MACHINE_LOOP_ADDITIONS: Final = 10_000_000
+MACHINE_INSERT_BATCHES: Final = 20
+MACHINE_INSERT_ROUNDS: Final = 3
+MACHINE_COMMITS: Final = 50
+
+
+def machine_figures(directory: str) -> dict[str, object]:
+    """How fast this machine is right now (see the module's docstring): about two seconds."""
+    started = time.perf_counter()
+    total = 0
+    for number in range(MACHINE_LOOP_ADDITIONS):
+        total += number
+    loop_seconds = time.perf_counter() - started
+    inserts: list[float] = []
+    commits: list[float] = []
+    for round_number in range(MACHINE_INSERT_ROUNDS):
+        path = os.path.join(directory, f"machine-{round_number}.db")
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute(
+                "CREATE TABLE rows (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER, c INTEGER, "
+                "d INTEGER, e INTEGER, f INTEGER, g INTEGER)"
+            )
+            generator = random.Random(round_number)
+            rows = [
+                [(n, generator.randrange(10_000), generator.randrange(10_000), 1, 2, 3, 0, n)
+                 for n in range(batch * BATCH_EVENTS_MAX, (batch + 1) * BATCH_EVENTS_MAX)]
+                for batch in range(MACHINE_INSERT_BATCHES)
+            ]  # fmt: skip
+            started = time.perf_counter()
+            for batch_rows in rows:
+                connection.execute("BEGIN")
+                connection.executemany(
+                    "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch_rows
+                )
+                connection.execute("COMMIT")
+            elapsed = time.perf_counter() - started
+            inserts.append(MACHINE_INSERT_BATCHES * BATCH_EVENTS_MAX / elapsed)
+            for number in range(MACHINE_COMMITS // MACHINE_INSERT_ROUNDS + 1):
+                started = time.perf_counter()
+                connection.execute("UPDATE rows SET a = a + 1 WHERE id = ?", (number,))
+                commits.append(time.perf_counter() - started)
+        finally:
+            connection.close()
+            _remove_sqlite_files(path)
+    return {
+        "bench": "machine",
+        "cpus": os.cpu_count(),
+        "python_loop_seconds": round(loop_seconds, 3),
+        "sqlite_inserts_per_second": round(statistics.median(inserts)),
+        "sqlite_inserts_per_second_runs": [round(rate) for rate in inserts],
+        "sqlite_commit_ms_median": round(1000 * statistics.median(commits), 3),
+    }
+
+
 @contextmanager
 def _databases(backend: str) -> Iterator[Iterator[str]]:
     """Yields an endless supply of fresh, empty databases on `backend`."""
@@ -222,6 +289,11 @@ def postgres_available() -> bool:
 
 
 def run_bench(settings: BenchSettings, out: IO[str], progress: Progress) -> int:
+    if settings.machine:
+        progress.say("bench ledger: how fast this machine is right now")
+        with tempfile.TemporaryDirectory(prefix="paycell-bench-machine-") as directory:
+            out.write(json.dumps(machine_figures(directory)) + "\n")
+            out.flush()
     for backend in settings.backends:
         progress.say(f"bench ledger: {backend}")
         with _databases(backend) as databases:

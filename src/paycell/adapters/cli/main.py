@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ledger.add_argument("--accounts", type=_positive, default=10_000)
     bench_ledger.add_argument("--min-seconds", type=float, default=2.0)
     bench_ledger.add_argument("--patterns", default="random,hot", help="random,hot")
+    bench_ledger.add_argument(
+        "--machine",
+        action="store_true",
+        help="first print how fast this machine is right now (a Python loop, raw SQLite "
+        "inserts, a commit's fsync), to compare runs across days",
+    )
 
     demo = command(
         commands,
@@ -374,6 +380,7 @@ def _run_bench(arguments: argparse.Namespace) -> int:
         runs=arguments.runs,
         accounts=max(arguments.accounts, 2),
         min_seconds=arguments.min_seconds,
+        machine=arguments.machine,
     )
     try:
         return bench.run_bench(settings, sys.stdout, progress)
