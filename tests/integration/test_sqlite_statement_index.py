@@ -5,8 +5,10 @@ with the default tail and with a short one; these tests pin the layout underneat
 """
 
 import contextlib
+import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,53 @@ def test_a_due_fill_runs_on_a_helper_thread_and_its_failure_fails_the_batch(
         assert statement(ledger, 1) == [1, 2, 3, 4, 5]
         assert ledger.verify().ok
     assert "paycell-statement-fill" not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.parametrize("when", ["while the core runs", "while the batch waits for the fill"])
+def test_ctrl_c_during_a_fill_beside_the_core_rolls_the_batch_back_and_leaves_the_index_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    monkeypatch.setattr(sqlite_storage, "STATEMENT_INDEX_EVERY", TAIL)
+    index_tail = sqlite_storage._index_statement_tail
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+    assert threading.current_thread().ident == main_thread  # signals reach the main thread
+
+    def interrupted_fill(connection: sqlite3.Connection, through: int, sorting: Any = None) -> None:
+        if when == "while the core runs":
+            # Ctrl-C lands before the helper lets the core start: the core raises it.
+            signal.pthread_kill(main_thread, signal.SIGINT)
+        else:
+            assert sorting is not None
+            sorting()  # the core runs (one transfer: at once) and the batch waits here
+            time.sleep(0.2)
+            signal.pthread_kill(main_thread, signal.SIGINT)
+            time.sleep(0.2)  # the interrupted wait must go on waiting for these statements
+        index_tail(connection, through, sorting)
+
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, TAIL) as ledger:
+        meta_before = rows(
+            path, "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta"
+        )
+        monkeypatch.setattr(sqlite_storage, "_index_statement_tail", interrupted_fill)
+        fifth = Transfer(5, 1, 2, 5, ledger=CNY, code=1)
+        with pytest.raises(KeyboardInterrupt):
+            ledger.create_transfers([fifth])
+        assert "paycell-statement-fill" not in {t.name for t in threading.enumerate()}
+        # Nothing of the batch or of its fill is there, in the index or out of it.
+        assert ledger.lookup_transfers([5]) == []
+        assert (
+            rows(path, "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta")
+            == meta_before
+        )
+        assert rows(path, "SELECT count(*) FROM statement_fills") == [(0,)]
+        assert rows(path, "SELECT count(*) FROM statement_debits") == [(0,)]
+        assert ledger.verify().ok
+        monkeypatch.setattr(sqlite_storage, "_index_statement_tail", index_tail)
+        assert [r.value for r in ledger.create_transfers([fifth])] == ["ok"]
+        assert statement(ledger, 1) == [1, 2, 3, 4, 5]
+        assert ledger.verify().ok
 
 
 def test_writes_that_do_not_fill_beside_the_core_fill_one_batch_later(

@@ -472,29 +472,20 @@ class _SqliteWriteUnit:
         if unindexed < self._statement_index_every:
             yield
             return
-        failed: list[BaseException] = []
-        # Set by the helper just before its long statements, whose step releases the GIL:
-        # the caller waits for it, or its core (a long C call that holds the GIL) could keep
-        # the helper from starting them until it is done.
-        sorting = threading.Event()
-
-        def fill() -> None:
-            try:
-                _index_statement_tail(connection, through, sorting.set)
-            except BaseException as error:  # raised in the caller's thread, after the join
-                failed.append(error)
-            finally:
-                sorting.set()
-
-        helper = threading.Thread(target=fill, name="paycell-statement-fill")
-        helper.start()
+        fill = _FillBesideTheCore(connection, through)
         try:
-            sorting.wait()
+            fill.start()
             yield
+        except BaseException:
+            # The batch fails and rolls back: stop the fill's statement rather than wait for
+            # it. A no-op when no statement runs.
+            connection.interrupt()
+            raise
         finally:
-            helper.join()
-        if failed:
-            raise failed[0]
+            interruption = fill.wait_until_done()
+            if interruption is not None:
+                raise interruption
+        fill.raise_its_failure()
 
     def highest_transfer_id(self) -> int:
         # Each max() is one seek to the end of an index on id: the encoding keeps numeric
@@ -599,6 +590,75 @@ class _SqliteWriteUnit:
         # go through `computing`: the platform's, accounts).
         if unindexed >= self._statement_index_every + BATCH_EVENTS_MAX:
             _index_statement_tail(connection, entry.timestamp_last)
+
+
+class _FillBesideTheCore:
+    """A statement fill on a helper thread, inside the caller's write transaction, while
+    the caller runs the core (see `_SqliteWriteUnit.computing`).
+
+    The transaction must not end while the helper can still run a statement in it. A statement
+    run after the transaction's ROLLBACK would commit on its own, outside the writer's turn,
+    and could move the watermark past transfers no fill holds, which would lose them from
+    statements for good. So once the helper has begun, the caller waits for it to end, through
+    Ctrl-C as well: `wait_until_done` keeps waiting, interrupts the fill's statement, and hands
+    the interruption back to be raised once the helper is done. A helper that had not begun by
+    then does nothing.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, through: int) -> None:
+        self._connection = connection
+        self._through = through
+        self._failure: BaseException | None = None
+        # Set by the helper just before its long statements, whose step releases the GIL:
+        # the caller waits for it, or its core (a long C call that holds the GIL) could keep
+        # the helper from starting them until it is done.
+        self._sorting = threading.Event()
+        self._done = threading.Event()
+        self._gate = threading.Lock()
+        self._began = False
+        self._called_off = False
+        self._thread = threading.Thread(target=self._run, name="paycell-statement-fill")
+
+    def start(self) -> None:
+        self._thread.start()
+        self._sorting.wait()
+
+    def _run(self) -> None:
+        with self._gate:
+            if self._called_off:
+                return
+            self._began = True
+        try:
+            _index_statement_tail(self._connection, self._through, self._sorting.set)
+        except BaseException as error:  # raised in the caller's thread, once it has waited
+            self._failure = error
+        finally:
+            self._sorting.set()
+            self._done.set()
+
+    def wait_until_done(self) -> BaseException | None:
+        """Wait until the helper can run no more statements; an interruption of the wait
+        (Ctrl-C), kept for the caller to raise."""
+        interruption: BaseException | None = None
+        while True:
+            try:
+                with self._gate:
+                    self._called_off = True
+                    began = self._began
+                if began:
+                    self._done.wait()
+                # A thread that never ran `_run`'s body has nothing left to do; joining it
+                # only reaps it (and a thread that never started cannot be joined).
+                if self._thread.ident is not None:
+                    self._thread.join()
+                return interruption
+            except BaseException as error:
+                interruption = interruption or error
+                self._connection.interrupt()
+
+    def raise_its_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _index_statement_tail(
