@@ -215,3 +215,52 @@ def test_each_payment_code_is_taken_once_across_connections(database_url: str) -
     finally:
         store.close()
         other.close()
+
+
+def test_a_fresh_code_sent_for_an_order_already_paid_answers_it_and_stays_usable(
+    world: World,
+) -> None:
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 100_00)
+    paid = _bulk(
+        world, shop, [{"out_trade_no": "F-1", "amount": 10_00, "payment_code": _code(world, alice)}]
+    )
+    assert [r["code"] for r in paid.json()["results"]] == ["ok"]
+    fresh = _code(world, alice)
+    again = _bulk(world, shop, [{"out_trade_no": "F-1", "amount": 10_00, "payment_code": fresh}])
+    assert [(r["status"], r["code"], r["replayed"]) for r in again.json()["results"]] == [
+        (200, "ok", True)
+    ]
+    assert world.wallet(alice) == 90_00  # paid once
+    # The order needed no new consent: the fresh code still pays another order.
+    other = _bulk(world, shop, [{"out_trade_no": "F-2", "amount": 5_00, "payment_code": fresh}])
+    assert [r["code"] for r in other.json()["results"]] == ["ok"]
+    assert world.wallet(alice) == 85_00
+
+
+def test_a_resend_after_the_codes_went_unrecorded_answers_the_paid_order(
+    world: World, database_url: str
+) -> None:
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 100_00)
+    items = [{"out_trade_no": "C-1", "amount": 10_00, "payment_code": _code(world, alice)}]
+    assert [r["code"] for r in _bulk(world, shop, items).json()["results"]] == ["ok"]
+    # As if the request had stopped after the payment's commit, before recording its code.
+    store = GatewayStore(database_url)
+    try:
+        store.payment_codes_paid([(str(items[0]["payment_code"]), 0)])
+    finally:
+        store.close()
+    resent = _bulk(world, shop, items)
+    assert [(r["status"], r["code"], r["replayed"]) for r in resent.json()["results"]] == [
+        (200, "ok", True)
+    ]
+    assert resent.json()["results"][0]["order"]["out_trade_no"] == "C-1"
+    assert world.wallet(alice) == 90_00
+    # Sent for another order, the used code is still refused.
+    other = [{"out_trade_no": "C-2", "amount": 10_00, "payment_code": items[0]["payment_code"]}]
+    assert [r["code"] for r in _bulk(world, shop, other).json()["results"]] == [
+        "invalid_payment_code"
+    ]

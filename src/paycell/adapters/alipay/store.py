@@ -356,7 +356,10 @@ class GatewayStore:
         rows = self._execute_chunked(
             "UPDATE alipay_payment_codes SET used_at = ? "
             "WHERE code IN ({list}) AND used_at = 0 AND expires_at > ? RETURNING code",
-            codes,
+            # In one order everywhere: PostgreSQL holds each chunk's row locks to the end of
+            # the transaction, and two requests taking shared codes chunk by chunk in
+            # different orders could deadlock.
+            sorted(set(codes)),
             before=(now,),
             after=(now,),
         )

@@ -212,13 +212,15 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
         call: Call, item: dict[str, object], code: PaymentCode
     ) -> dict[str, object] | None:
         """The order this used code already paid for this very item, if it did (a resent
-        item answers its paid order again)."""
+        item answers its paid order again). A code used with no order recorded (order_id 0)
+        counts when the item's order is paid by the code's buyer for the item's amount: the
+        request that paid it stopped between the payment's commit and recording its codes."""
         existing = call.platform.get_order_by_out_trade_no(
             call.caller.party_id, str(item["out_trade_no"])
         )
         if (
             existing is not None
-            and code.order_id == existing.id
+            and code.order_id in (existing.id, 0)
             and existing.buyer_id == code.user_id
             and existing.amount == item["amount"]
             and existing.status is not OrderStatus.WAIT_BUYER_PAY
@@ -296,16 +298,21 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
             with gateway.store.transaction():
                 gateway.store.release_payment_codes([code for _, _, code in reserved])
             raise
-        refused_codes: list[str] = []
+        # Codes of refused items, and of items whose order an earlier request had paid: the
+        # buyer's consent was not used, so the code stays the buyer's to pay with.
+        given_back: list[str] = []
         paid_codes: list[tuple[str, int]] = []
         for (result, _payment, code_text), decision in zip(reserved, decisions, strict=True):
             if decision.error is not None:
-                refused_codes.append(code_text)
+                given_back.append(code_text)
                 refusal = _refused(decision.error, decision.message)
                 result.update(status=refusal.status, code=refusal.code, message=refusal.message)
                 continue
             paid_order = decision.orders[0]
-            paid_codes.append((code_text, paid_order.id))
+            if decision.replayed:
+                given_back.append(code_text)
+            else:
+                paid_codes.append((code_text, paid_order.id))
             result.update(
                 status=200 if decision.replayed else 201,
                 code=OK,
@@ -314,7 +321,7 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
                 order=render.record(paid_order, "order"),
             )
         with gateway.store.transaction():
-            gateway.store.release_payment_codes(refused_codes)
+            gateway.store.release_payment_codes(given_back)
             gateway.store.payment_codes_paid(paid_codes)
         paid = 0
         for result in results:
