@@ -425,6 +425,39 @@ def test_ids_at_or_below_the_highest_seen_are_still_looked_up(ledger: Ledger) ->
     assert ledger.verify().ok
 
 
+def test_ids_are_known_new_range_by_range(ledger: Ledger) -> None:
+    # A range is the ids sharing their top byte: the platform puts a transfer's kind there,
+    # so a payment's id (kind 4) lies below every fee already stored (kind 5), and is still
+    # known new, because it is above every id stored in its own range.
+    open_accounts(ledger, Account(id=1, ledger=CNY, code=1), Account(id=2, ledger=CNY, code=1))
+    payment, fee = (4 << 120) + 10, (5 << 120) + 10
+    assert apply(ledger, cny_transfer(payment, 1, 2, 1), cny_transfer(fee, 1, 2, 1)) == ["ok", "ok"]
+    assert apply(ledger, cny_transfer((6 << 120) + 1, 1, 3, 1)) == ["credit_account_not_found"]
+    with ledger.service.store.write() as unit:
+        assert unit.highest_transfer_id() == (6 << 120) + 1  # a failed id counts
+        assert unit.highest_transfer_id(below=6 << 120) == fee
+        assert unit.highest_transfer_id(below=5 << 120) == payment
+        assert unit.highest_transfer_id(below=payment + 1) == payment
+        assert unit.highest_transfer_id(below=payment) == 0
+    # New in both ranges; then a replay in either range, beside a new id in the other.
+    assert apply(ledger, cny_transfer(payment + 1, 1, 2, 1), cny_transfer(fee + 1, 1, 2, 1)) == [
+        "ok",
+        "ok",
+    ]
+    assert apply(ledger, cny_transfer(payment + 2, 1, 2, 1), cny_transfer(fee, 1, 2, 1)) == [
+        "ok",
+        "exists",
+    ]
+    assert apply(ledger, cny_transfer(payment, 1, 2, 2), cny_transfer(fee + 2, 1, 2, 1)) == [
+        "exists_with_different_amount",
+        "ok",
+    ]
+    assert apply(ledger, cny_transfer((6 << 120) + 1, 1, 2, 1)) == ["id_already_failed"]
+    assert apply(ledger, cny_transfer((2**128) - 2, 1, 2, 1)) == ["ok"]  # the last range
+    assert apply(ledger, cny_transfer((2**128) - 2, 1, 2, 1)) == ["exists"]
+    assert ledger.verify().ok
+
+
 def test_reopening_a_database_shows_the_same_state_and_continues_it(
     database_url: str, clock: FakeClock
 ) -> None:

@@ -265,3 +265,25 @@ def test_expiry_is_never_asked_of_a_grouped_unit(
         service.grouped_unit_of_work(committed) as (unit, meta),
     ):
         service.expire_due(unit, meta, committed)
+
+
+def test_a_group_knows_its_held_ids_range_by_range(
+    grouped: tuple[LedgerStore, LedgerService],
+) -> None:
+    # Ids in two ranges (top bytes 4 and 5), as the platform's payments and fees.
+    _store, service = grouped
+    payment, fee = (4 << 120) + 10, (5 << 120) + 10
+    committed: list[CommittedBatch] = []
+    with service.grouped_unit_of_work(committed) as (unit, meta):
+        holder: list[LedgerMeta] = [meta]
+        first = [Transfer(payment, BANK, SHOP, 1, ledger=1, code=1),
+                 Transfer(fee, BANK, SHOP, 1, ledger=1, code=1)]  # fmt: skip
+        assert _apply(service, unit, committed, first, holder) == [R.OK, R.OK]
+        # Held, not yet written: the unit answers for them range by range.
+        assert unit.highest_transfer_id() == fee
+        assert unit.highest_transfer_id(below=5 << 120) == payment
+        assert unit.highest_transfer_id(below=4 << 120) == 1  # the stored top-up
+        second = [Transfer(payment + 1, BANK, SHOP, 1, ledger=1, code=1),
+                  Transfer(fee, BANK, SHOP, 1, ledger=1, code=1)]  # fmt: skip
+        assert _apply(service, unit, committed, second, holder) == [R.OK, R.EXISTS]
+    assert verify(service.store).ok

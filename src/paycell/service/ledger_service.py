@@ -43,6 +43,37 @@ _DEBIT_ACCOUNT_ID = attrgetter("debit_account_id")
 _CREDIT_ACCOUNT_ID = attrgetter("credit_account_id")
 _PENDING_ID = attrgetter("pending_id")
 
+# Ids are checked as new range by range, a range being the ids that share their top byte. The
+# platform puts a transfer's kind there, each kind's ids growing on their own; ids that grow
+# with time (TigerBeetle's recommendation) fall in one range.
+_ID_RANGE_SHIFT = 120
+_ID_RANGES = 256
+
+
+def _id_range_end(transfer_id: int) -> int | None:
+    """The first id above `transfer_id`'s range; None for the last range."""
+    next_range = (transfer_id >> _ID_RANGE_SHIFT) + 1
+    return next_range << _ID_RANGE_SHIFT if next_range < _ID_RANGES else None
+
+
+def _all_ids_new(unit: WriteUnit, batch: Sequence[Transfer]) -> bool:
+    """Whether no id of `batch` is stored or failed, known without looking ids up: in each
+    range of ids the batch uses, its lowest id is above the highest stored or failed one
+    (one index read a range)."""
+    ids: list[int] = list(map(_ID, batch))
+    lowest = min(ids)
+    if lowest >> _ID_RANGE_SHIFT == max(ids) >> _ID_RANGE_SHIFT:
+        return lowest > unit.highest_transfer_id(_id_range_end(lowest))
+    lowest_by_range: dict[int, int] = {}
+    for transfer_id in ids:
+        id_range = transfer_id >> _ID_RANGE_SHIFT
+        if transfer_id < lowest_by_range.get(id_range, transfer_id + 1):
+            lowest_by_range[id_range] = transfer_id
+    return all(
+        low > unit.highest_transfer_id(_id_range_end(low)) for low in lowest_by_range.values()
+    )
+
+
 Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the Unix epoch."""
 
@@ -128,8 +159,13 @@ class GroupedWriteUnit:
     def failed_results(self, ids: Collection[int]) -> dict[int, str]:
         return self._overlaid(ids, self._failed, self._unit.failed_results)
 
-    def highest_transfer_id(self) -> int:
-        return max(self._highest_held_id, self._unit.highest_transfer_id())
+    def highest_transfer_id(self, below: int | None = None) -> int:
+        if below is None:
+            held = self._highest_held_id
+        else:
+            # The held ids are a group's: some thousands at most.
+            held = max((i for i in (*self._transfers, *self._failed) if i < below), default=0)
+        return max(held, self._unit.highest_transfer_id(below))
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
         # Held expiries are not in the database's due index yet, so expiring through this
@@ -297,7 +333,7 @@ class LedgerService:
     def _prefetch(self, unit: WriteUnit, batch: Sequence[Transfer]) -> state_machine.Prefetched:
         pending_ids = set(map(_PENDING_ID, batch))
         pending_ids.discard(0)
-        if batch and min(map(_ID, batch)) > unit.highest_transfer_id():
+        if batch and _all_ids_new(unit, batch):
             # Every id is new: none is stored and none failed before (the common case, and
             # no set of the batch's ids to build).
             transfers = unit.transfers_by_id(pending_ids) if pending_ids else {}

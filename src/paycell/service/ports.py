@@ -41,11 +41,13 @@ class WriteUnit(Protocol):
         """Ids remembered as failed with a transient result, mapped to that result's name."""
         ...
 
-    def highest_transfer_id(self) -> int:
-        """The highest id of a stored transfer or of one remembered as failed; 0 if none.
-        A batch whose ids are all higher needs neither lookup: ids that grow over time (as
-        TigerBeetle recommends, and as most id schemes do) are known new from one index
-        read instead of a lookup per id."""
+    def highest_transfer_id(self, below: int | None = None) -> int:
+        """The highest id of a stored transfer or of one remembered as failed, among those
+        below `below` (all when None); 0 if none. A batch whose ids are all higher needs
+        neither lookup: ids that grow over time (as TigerBeetle recommends, and as most id
+        schemes do) are known new from one index read instead of a lookup per id. `below`
+        lets ids that grow in several ranges at once (the platform's, one range per kind of
+        transfer) be checked range by range."""
         ...
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:

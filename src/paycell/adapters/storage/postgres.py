@@ -256,11 +256,18 @@ class _PostgresWriteUnit:
     def computing(self) -> AbstractContextManager[None]:
         return nullcontext()  # PostgreSQL indexes statements as it writes.
 
-    def highest_transfer_id(self) -> int:
-        # Each max() reads one end of a primary key index.
-        highest = self._connection.execute(
-            "SELECT (SELECT max(id) FROM transfers), (SELECT max(id) FROM failed_transfers)"
-        ).fetchone()
+    def highest_transfer_id(self, below: int | None = None) -> int:
+        # Each max() reads one end of a primary key index, or the place of `below` in it.
+        if below is None:
+            highest = self._connection.execute(
+                "SELECT (SELECT max(id) FROM transfers), (SELECT max(id) FROM failed_transfers)"
+            ).fetchone()
+        else:
+            highest = self._connection.execute(
+                "SELECT (SELECT max(id) FROM transfers WHERE id < %(below)s::numeric), "
+                "(SELECT max(id) FROM failed_transfers WHERE id < %(below)s::numeric)",
+                {"below": below},
+            ).fetchone()
         assert highest is not None
         return max((int(value) for value in highest if value is not None), default=0)
 

@@ -219,6 +219,11 @@ _STATEMENT_SIDES: Final = ("debit", "credit")
 _HIGHEST_TRANSFER_ID: Final = (
     "SELECT (SELECT max(id) FROM transfers), (SELECT max(id) FROM failed_transfers)"
 )
+# Spelled as a descending read of one row: the read stops at the first id below the bound.
+_HIGHEST_TRANSFER_ID_BELOW: Final = (
+    "SELECT (SELECT id FROM transfers WHERE id < ?1 ORDER BY id DESC LIMIT 1), "
+    "(SELECT id FROM failed_transfers WHERE id < ?1 ORDER BY id DESC LIMIT 1)"
+)
 
 # Each fill's range of timestamps: after the watermark of the fill before it, up to its own.
 _FILL_RANGES: Final = (
@@ -487,10 +492,16 @@ class _SqliteWriteUnit:
                 raise interruption
         fill.raise_its_failure()
 
-    def highest_transfer_id(self) -> int:
-        # Each max() is one seek to the end of an index on id: the encoding keeps numeric
-        # order (every INTEGER below every BLOB, BLOBs big-endian), so the largest is last.
-        highest = self._connection.execute(_HIGHEST_TRANSFER_ID).fetchone()
+    def highest_transfer_id(self, below: int | None = None) -> int:
+        # Each max() is one seek into an index on id: the encoding keeps numeric order (every
+        # INTEGER below every BLOB, BLOBs big-endian), so the largest is last, and the largest
+        # below a bound is just before the bound's place.
+        if below is None:
+            highest = self._connection.execute(_HIGHEST_TRANSFER_ID).fetchone()
+        else:
+            highest = self._connection.execute(
+                _HIGHEST_TRANSFER_ID_BELOW, (encode(below),)
+            ).fetchone()
         return max((decode(value) for value in highest if value is not None), default=0)
 
     def due_pending_transfers(self, timestamp: int, limit: int) -> list[Transfer]:
