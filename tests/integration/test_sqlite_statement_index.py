@@ -19,6 +19,7 @@ from paycell.adapters.cli.main import main as cli_main
 from paycell.adapters.storage import ledger_queries
 from paycell.adapters.storage import sqlite as sqlite_storage
 from paycell.adapters.storage.sqlite import SCHEMA_VERSION, SchemaVersionError
+from paycell.core import state_machine
 from paycell.core.limits import BATCH_EVENTS_MAX
 from tests.integration.sqlite_files import rows
 
@@ -131,7 +132,10 @@ def test_a_due_fill_runs_on_a_helper_thread_and_its_failure_fails_the_batch(
     assert "paycell-statement-fill" not in {t.name for t in threading.enumerate()}
 
 
-@pytest.mark.parametrize("when", ["while the core runs", "while the batch waits for the fill"])
+@pytest.mark.parametrize(
+    "when",
+    ["while the helper starts", "while the core runs", "while the batch waits for the fill"],
+)
 def test_ctrl_c_during_a_fill_beside_the_core_rolls_the_batch_back_and_leaves_the_index_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
@@ -141,17 +145,21 @@ def test_ctrl_c_during_a_fill_beside_the_core_rolls_the_batch_back_and_leaves_th
     assert main_thread is not None
     assert threading.current_thread().ident == main_thread  # signals reach the main thread
 
-    def interrupted_fill(connection: sqlite3.Connection, through: int, sorting: Any = None) -> None:
-        if when == "while the core runs":
-            # Ctrl-C lands before the helper lets the core start: the core raises it.
+    def interrupted_fill(connection: sqlite3.Connection, through: int, *rest: Any) -> None:
+        sorting = rest[0]
+        if when == "while the helper starts":
+            # Before the helper lets the core start: the batch is still starting the helper.
+            signal.pthread_kill(main_thread, signal.SIGINT)
+        elif when == "while the core runs":
+            sorting()  # the core starts, and takes 0.5 s (below)
+            time.sleep(0.1)
             signal.pthread_kill(main_thread, signal.SIGINT)
         else:
-            assert sorting is not None
             sorting()  # the core runs (one transfer: at once) and the batch waits here
             time.sleep(0.2)
             signal.pthread_kill(main_thread, signal.SIGINT)
             time.sleep(0.2)  # the interrupted wait must go on waiting for these statements
-        index_tail(connection, through, sorting)
+        index_tail(connection, through, *rest)
 
     path = tmp_path / "ledger.db"
     with open_ledger_with_traffic(path, TAIL) as ledger:
@@ -159,6 +167,14 @@ def test_ctrl_c_during_a_fill_beside_the_core_rolls_the_batch_back_and_leaves_th
             path, "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta"
         )
         monkeypatch.setattr(sqlite_storage, "_index_statement_tail", interrupted_fill)
+        if when == "while the core runs":
+            decide = state_machine.create_transfers
+
+            def slow_core(*arguments: Any) -> Any:
+                time.sleep(0.5)  # Ctrl-C lands here
+                return decide(*arguments)
+
+            monkeypatch.setattr(state_machine, "create_transfers", slow_core)
         fifth = Transfer(5, 1, 2, 5, ledger=CNY, code=1)
         with pytest.raises(KeyboardInterrupt):
             ledger.create_transfers([fifth])
@@ -172,9 +188,38 @@ def test_ctrl_c_during_a_fill_beside_the_core_rolls_the_batch_back_and_leaves_th
         assert rows(path, "SELECT count(*) FROM statement_fills") == [(0,)]
         assert rows(path, "SELECT count(*) FROM statement_debits") == [(0,)]
         assert ledger.verify().ok
-        monkeypatch.setattr(sqlite_storage, "_index_statement_tail", index_tail)
+        monkeypatch.undo()
         assert [r.value for r in ledger.create_transfers([fifth])] == ["ok"]
         assert statement(ledger, 1) == [1, 2, 3, 4, 5]
+        assert ledger.verify().ok
+
+
+def test_a_fill_runs_no_statement_outside_its_batch_or_once_the_batch_gave_up_on_it(
+    tmp_path: Path,
+) -> None:
+    # What guards the index should the batch's wait be cut short after all (a second Ctrl-C
+    # at the wrong instant): the helper checks before each statement.
+    path = tmp_path / "ledger.db"
+    with open_ledger_with_traffic(path, 2) as ledger:
+        store = ledger.store
+        assert isinstance(store, sqlite_storage.SqliteStore)
+        connection = store._connection
+        meta = "SELECT statement_indexed_through, statement_unindexed FROM ledger_meta"
+        before = rows(path, meta)
+        update = "UPDATE ledger_meta SET statement_unindexed = 0"
+        connection.execute("BEGIN IMMEDIATE")
+        fill = sqlite_storage._FillBesideTheCore(connection, through=1)
+        assert fill._execute("SELECT 1", ()) == [(1,)]
+        connection.execute("ROLLBACK")
+        with pytest.raises(sqlite_storage._FillAbandonedError):
+            fill._execute(update, ())  # no transaction: it would commit on its own
+        connection.execute("BEGIN IMMEDIATE")
+        given_up = sqlite_storage._FillBesideTheCore(connection, through=1)
+        assert given_up.wait_until_done(abandon=True) is None  # never begun: nothing to wait
+        with pytest.raises(sqlite_storage._FillAbandonedError):
+            given_up._execute(update, ())
+        connection.execute("ROLLBACK")
+        assert rows(path, meta) == before
         assert ledger.verify().ok
 
 

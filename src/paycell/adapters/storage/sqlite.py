@@ -478,16 +478,18 @@ class _SqliteWriteUnit:
             yield
             return
         fill = _FillBesideTheCore(connection, through)
+        failing = False
         try:
             fill.start()
             yield
         except BaseException:
             # The batch fails and rolls back: stop the fill's statement rather than wait for
             # it. A no-op when no statement runs.
+            failing = True
             connection.interrupt()
             raise
         finally:
-            interruption = fill.wait_until_done()
+            interruption = fill.wait_until_done(abandon=failing)
             if interruption is not None:
                 raise interruption
         fill.raise_its_failure()
@@ -603,6 +605,10 @@ class _SqliteWriteUnit:
             _index_statement_tail(connection, entry.timestamp_last)
 
 
+class _FillAbandonedError(Exception):
+    """The batch stopped waiting for its fill (Ctrl-C, a failure): run no more statements."""
+
+
 class _FillBesideTheCore:
     """A statement fill on a helper thread, inside the caller's write transaction, while
     the caller runs the core (see `_SqliteWriteUnit.computing`).
@@ -610,10 +616,15 @@ class _FillBesideTheCore:
     The transaction must not end while the helper can still run a statement in it. A statement
     run after the transaction's ROLLBACK would commit on its own, outside the writer's turn,
     and could move the watermark past transfers no fill holds, which would lose them from
-    statements for good. So once the helper has begun, the caller waits for it to end, through
-    Ctrl-C as well: `wait_until_done` keeps waiting, interrupts the fill's statement, and hands
-    the interruption back to be raised once the helper is done. A helper that had not begun by
-    then does nothing.
+    statements for good. Hence:
+    - once the helper has begun, the caller waits for it to end, through Ctrl-C as well:
+      `wait_until_done` keeps waiting, interrupts the fill's statement, and hands the
+      interruption back to be raised once the helper is done;
+    - a helper that had not begun by then does nothing;
+    - the helper runs each statement only inside the transaction and while the batch still
+      wants the fill, checked under a lock the caller takes to give up on it. Should the
+      caller's own handling be cut short too (a second Ctrl-C at the wrong instant), the
+      helper runs no further statement once the transaction is gone.
     """
 
     def __init__(self, connection: sqlite3.Connection, through: int) -> None:
@@ -625,9 +636,12 @@ class _FillBesideTheCore:
         # the helper from starting them until it is done.
         self._sorting = threading.Event()
         self._done = threading.Event()
+        # Held by the helper while it checks and runs a statement; by the caller to call the
+        # fill off (not begun: never begin) or to abandon it (begun: no further statement).
         self._gate = threading.Lock()
         self._began = False
         self._called_off = False
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="paycell-statement-fill")
 
     def start(self) -> None:
@@ -640,30 +654,37 @@ class _FillBesideTheCore:
                 return
             self._began = True
         try:
-            _index_statement_tail(self._connection, self._through, self._sorting.set)
+            _index_statement_tail(self._connection, self._through, self._sorting.set, self._execute)
         except BaseException as error:  # raised in the caller's thread, once it has waited
             self._failure = error
         finally:
             self._sorting.set()
             self._done.set()
 
-    def wait_until_done(self) -> BaseException | None:
+    def _execute(self, sql: str, parameters: Sequence[object] = ()) -> list[Any]:
+        with self._gate:
+            if self._abandoned or not self._connection.in_transaction:
+                raise _FillAbandonedError
+            return self._connection.execute(sql, parameters).fetchall()
+
+    def wait_until_done(self, abandon: bool) -> BaseException | None:
         """Wait until the helper can run no more statements; an interruption of the wait
-        (Ctrl-C), kept for the caller to raise."""
+        (Ctrl-C), kept for the caller to raise. `abandon`: the batch is failing, so the
+        helper should stop at its next statement."""
         interruption: BaseException | None = None
         while True:
             try:
                 with self._gate:
                     self._called_off = True
+                    self._abandoned = self._abandoned or abandon
                     began = self._began
                 if began:
                     self._done.wait()
-                # A thread that never ran `_run`'s body has nothing left to do; joining it
-                # only reaps it (and a thread that never started cannot be joined).
-                if self._thread.ident is not None:
                     self._thread.join()
+                # A helper that had not begun returns at once on its own.
                 return interruption
             except BaseException as error:
+                self._abandoned = True  # first: no lock, nothing that can be cut short
                 interruption = interruption or error
                 self._connection.interrupt()
 
@@ -673,24 +694,25 @@ class _FillBesideTheCore:
 
 
 def _index_statement_tail(
-    connection: sqlite3.Connection, through: int, sorting: Callable[[], None] | None = None
+    connection: sqlite3.Connection,
+    through: int,
+    sorting: Callable[[], None] | None = None,
+    execute: Callable[[str, Sequence[object]], list[Any]] | None = None,
 ) -> None:
     """Index every transfer after the watermark as one fill, up to `through` (the last
     transfer's timestamp), in the caller's transaction. `sorting` is called just before the
-    first of the two long statements."""
-    (indexed_through,) = connection.execute(
-        "SELECT statement_indexed_through FROM ledger_meta"
-    ).fetchone()
+    first of the two long statements; `execute` runs each statement and returns its rows
+    (default: on `connection`)."""
+    run = execute or (lambda sql, parameters: connection.execute(sql, parameters).fetchall())
+    ((indexed_through,),) = run("SELECT statement_indexed_through FROM ledger_meta", ())
     if through <= indexed_through:
         return
-    (fill,) = connection.execute(
-        "INSERT INTO statement_fills (through) VALUES (?) RETURNING fill", (through,)
-    ).fetchone()
+    ((fill,),) = run("INSERT INTO statement_fills (through) VALUES (?) RETURNING fill", (through,))
     if sorting is not None:
         sorting()
     for statement in _INDEX_STATEMENT_TAIL:
-        connection.execute(statement, (fill, indexed_through))
-    connection.execute(
+        run(statement, (fill, indexed_through))
+    run(
         "UPDATE ledger_meta SET statement_indexed_through = ?, statement_unindexed = 0",
         (through,),
     )
