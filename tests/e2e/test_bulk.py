@@ -264,3 +264,38 @@ def test_a_resend_after_the_codes_went_unrecorded_answers_the_paid_order(
     assert [r["code"] for r in _bulk(world, shop, other).json()["results"]] == [
         "invalid_payment_code"
     ]
+
+
+def test_a_used_code_with_no_order_recorded_does_not_answer_for_an_order_it_cannot_have_paid(
+    world: World, database_url: str
+) -> None:
+    # A code taken but not (yet) used to pay: by a request still in flight, or one that stopped
+    # before paying. It must not answer "paid" for a refunded order, nor for an order paid
+    # before the code was taken.
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, 100_00)
+    first = [
+        {"out_trade_no": "R-1", "amount": 10_00, "payment_code": _code(world, alice)},
+        {"out_trade_no": "R-2", "amount": 10_00, "payment_code": _code(world, alice)},
+    ]
+    assert [r["code"] for r in _bulk(world, shop, first).json()["results"]] == ["ok", "ok"]
+    refunded = _bulk(world, shop, first).json()["results"][0]["order"]["id"]
+    refund = world.client.post(
+        f"/v1/orders/{refunded}/refunds",
+        json={"out_request_no": "RF-1", "amount": 10_00},
+        headers=shop.headers,
+    )
+    assert refund.status_code in (200, 201), refund.text
+    taken_later = _code(world, alice)
+    store = GatewayStore(database_url)
+    try:
+        assert store.use_payment_codes([taken_later], now=world.clock()) == {taken_later}
+    finally:
+        store.close()
+    for number in ("R-1", "R-2"):  # refunded; paid before the code was taken
+        item = [{"out_trade_no": number, "amount": 10_00, "payment_code": taken_later}]
+        assert [r["code"] for r in _bulk(world, shop, item).json()["results"]] == [
+            "invalid_payment_code"
+        ]
+    assert world.wallet(alice) == 90_00

@@ -32,6 +32,7 @@ from paycell.adapters.http.errors import (
 from paycell.adapters.http.metrics import Metrics
 from paycell.adapters.http.routing import Call, Operation, Reply
 from paycell.adapters.http.validation import Field, check_value, parse_json_object
+from paycell.core.currency import currency_for_ledger
 from paycell.core.payments.flows import OUT_TRADE_NO_LENGTH_MAX
 from paycell.core.payments.outcomes import PaymentError
 from paycell.core.payments.records import OrderStatus
@@ -212,21 +213,33 @@ def bulk_operations(gateway: AlipayGateway, metrics: Metrics) -> tuple[Operation
         call: Call, item: dict[str, object], code: PaymentCode
     ) -> dict[str, object] | None:
         """The order this used code already paid for this very item, if it did (a resent
-        item answers its paid order again). A code used with no order recorded (order_id 0)
-        counts when the item's order is paid by the code's buyer for the item's amount: the
-        request that paid it stopped between the payment's commit and recording its codes."""
+        item answers its paid order again).
+
+        A code used with no order recorded (order_id 0) may have paid it: the request that
+        paid stopped between the payment's commit and recording its codes. But such a code
+        may also be in flight in another request, or have been taken by a request that
+        stopped before paying. It counts only for an order that is paid and not refunded, by
+        the code's buyer, for the item's amount and currency, paid after the code was taken.
+        """
         existing = call.platform.get_order_by_out_trade_no(
             call.caller.party_id, str(item["out_trade_no"])
         )
         if (
-            existing is not None
-            and code.order_id in (existing.id, 0)
-            and existing.buyer_id == code.user_id
-            and existing.amount == item["amount"]
-            and existing.status is not OrderStatus.WAIT_BUYER_PAY
+            existing is None
+            or existing.buyer_id != code.user_id
+            or existing.amount != item["amount"]
+            or currency_for_ledger(existing.ledger).code != item["currency"]
         ):
-            return render.record(existing, "order")
-        return None
+            return None
+        if code.order_id == existing.id:
+            paid_with_it = existing.status is not OrderStatus.WAIT_BUYER_PAY
+        else:
+            paid_with_it = (
+                code.order_id == 0
+                and existing.status in (OrderStatus.TRADE_SUCCESS, OrderStatus.TRADE_FINISHED)
+                and code.used_at <= existing.paid_at
+            )
+        return render.record(existing, "order") if paid_with_it else None
 
     def reserve(
         call: Call, checked: list[tuple[dict[str, object], dict[str, object]]]
