@@ -1,6 +1,8 @@
 """POST /v1/orders/bulk-pay: many payments in one request, each with its own result, paid only
 with buyers' one-time payment codes."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from paycell.adapters.alipay.store import GatewayStore, PaymentCode
@@ -12,6 +14,20 @@ def _code(world: World, user: Party) -> str:
     response = world.client.post("/alipay/buyer/payment-codes", headers=user.headers)
     assert response.status_code == 201, response.text
     return str(response.json()["auth_code"])
+
+
+@contextmanager
+def _gateway_store(database_url: str) -> Iterator[GatewayStore]:
+    """The gateway's tables, through a connection of the test's own."""
+    store = GatewayStore(database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _codes(response: Any) -> list[str]:
+    return [r["code"] for r in response.json()["results"]]
 
 
 def _bulk(world: World, merchant: Party, items: list[dict[str, Any]], **headers: str) -> Any:
@@ -246,13 +262,10 @@ def test_a_resend_after_the_codes_went_unrecorded_answers_the_paid_order(
     alice = world.new_user()
     world.top_up(alice, 100_00)
     items = [{"out_trade_no": "C-1", "amount": 10_00, "payment_code": _code(world, alice)}]
-    assert [r["code"] for r in _bulk(world, shop, items).json()["results"]] == ["ok"]
+    assert _codes(_bulk(world, shop, items)) == ["ok"]
     # As if the request had stopped after the payment's commit, before recording its code.
-    store = GatewayStore(database_url)
-    try:
+    with _gateway_store(database_url) as store:
         store.payment_codes_paid([(str(items[0]["payment_code"]), 0)])
-    finally:
-        store.close()
     resent = _bulk(world, shop, items)
     assert [(r["status"], r["code"], r["replayed"]) for r in resent.json()["results"]] == [
         (200, "ok", True)
@@ -261,9 +274,7 @@ def test_a_resend_after_the_codes_went_unrecorded_answers_the_paid_order(
     assert world.wallet(alice) == 90_00
     # Sent for another order, the used code is still refused.
     other = [{"out_trade_no": "C-2", "amount": 10_00, "payment_code": items[0]["payment_code"]}]
-    assert [r["code"] for r in _bulk(world, shop, other).json()["results"]] == [
-        "invalid_payment_code"
-    ]
+    assert _codes(_bulk(world, shop, other)) == ["invalid_payment_code"]
 
 
 def test_a_used_code_with_no_order_recorded_does_not_answer_for_an_order_it_cannot_have_paid(
@@ -279,7 +290,7 @@ def test_a_used_code_with_no_order_recorded_does_not_answer_for_an_order_it_cann
         {"out_trade_no": "R-1", "amount": 10_00, "payment_code": _code(world, alice)},
         {"out_trade_no": "R-2", "amount": 10_00, "payment_code": _code(world, alice)},
     ]
-    assert [r["code"] for r in _bulk(world, shop, first).json()["results"]] == ["ok", "ok"]
+    assert _codes(_bulk(world, shop, first)) == ["ok", "ok"]
     refunded = _bulk(world, shop, first).json()["results"][0]["order"]["id"]
     refund = world.client.post(
         f"/v1/orders/{refunded}/refunds",
@@ -288,14 +299,9 @@ def test_a_used_code_with_no_order_recorded_does_not_answer_for_an_order_it_cann
     )
     assert refund.status_code in (200, 201), refund.text
     taken_later = _code(world, alice)
-    store = GatewayStore(database_url)
-    try:
+    with _gateway_store(database_url) as store:
         assert store.use_payment_codes([taken_later], now=world.clock()) == {taken_later}
-    finally:
-        store.close()
     for number in ("R-1", "R-2"):  # refunded; paid before the code was taken
         item = [{"out_trade_no": number, "amount": 10_00, "payment_code": taken_later}]
-        assert [r["code"] for r in _bulk(world, shop, item).json()["results"]] == [
-            "invalid_payment_code"
-        ]
+        assert _codes(_bulk(world, shop, item)) == ["invalid_payment_code"]
     assert world.wallet(alice) == 90_00
