@@ -26,6 +26,14 @@ def _gateway_store(database_url: str) -> Iterator[GatewayStore]:
         store.close()
 
 
+def _shop_and_buyer(world: World, money: int) -> tuple[Party, Party]:
+    """A merchant, and a buyer with `money` in her wallet."""
+    shop = world.new_merchant()
+    alice = world.new_user()
+    world.top_up(alice, money)
+    return shop, alice
+
+
 def _codes(response: Any) -> list[str]:
     return [r["code"] for r in response.json()["results"]]
 
@@ -82,9 +90,7 @@ def test_bulk_pay_gives_each_item_its_result(world: World) -> None:
 
 
 def test_bulk_pay_resent_answers_paid_items_again(world: World) -> None:
-    shop = world.new_merchant()
-    alice = world.new_user()
-    world.top_up(alice, 100_00)
+    shop, alice = _shop_and_buyer(world, 100_00)
     items = [
         {"out_trade_no": f"R-{i}", "amount": 10_00, "payment_code": _code(world, alice)}
         for i in range(3)
@@ -175,9 +181,7 @@ def test_bulk_pay_with_an_idempotency_key_replays(sqlite_world: World) -> None:
 
 
 def test_bulk_pay_refuses_expired_and_used_codes_and_pays_with_the_rest(world: World) -> None:
-    shop = world.new_merchant()
-    alice = world.new_user()
-    world.top_up(alice, 100_00)
+    shop, alice = _shop_and_buyer(world, 100_00)
     expired = _code(world, alice)
     world.clock.advance(121)  # codes live 120 s
     used = _code(world, alice)
@@ -236,9 +240,7 @@ def test_each_payment_code_is_taken_once_across_connections(database_url: str) -
 def test_a_fresh_code_sent_for_an_order_already_paid_answers_it_and_stays_usable(
     world: World,
 ) -> None:
-    shop = world.new_merchant()
-    alice = world.new_user()
-    world.top_up(alice, 100_00)
+    shop, alice = _shop_and_buyer(world, 100_00)
     paid = _bulk(
         world, shop, [{"out_trade_no": "F-1", "amount": 10_00, "payment_code": _code(world, alice)}]
     )
@@ -258,9 +260,7 @@ def test_a_fresh_code_sent_for_an_order_already_paid_answers_it_and_stays_usable
 def test_a_resend_after_the_codes_went_unrecorded_answers_the_paid_order(
     world: World, database_url: str
 ) -> None:
-    shop = world.new_merchant()
-    alice = world.new_user()
-    world.top_up(alice, 100_00)
+    shop, alice = _shop_and_buyer(world, 100_00)
     items = [{"out_trade_no": "C-1", "amount": 10_00, "payment_code": _code(world, alice)}]
     assert _codes(_bulk(world, shop, items)) == ["ok"]
     # As if the request had stopped after the payment's commit, before recording its code.
@@ -283,9 +283,7 @@ def test_a_used_code_with_no_order_recorded_does_not_answer_for_an_order_it_cann
     # A code taken but not (yet) used to pay: by a request still in flight, or one that stopped
     # before paying. It must not answer "paid" for a refunded order, nor for an order paid
     # before the code was taken.
-    shop = world.new_merchant()
-    alice = world.new_user()
-    world.top_up(alice, 100_00)
+    shop, alice = _shop_and_buyer(world, 100_00)
     first = [
         {"out_trade_no": "R-1", "amount": 10_00, "payment_code": _code(world, alice)},
         {"out_trade_no": "R-2", "amount": 10_00, "payment_code": _code(world, alice)},
